@@ -52,11 +52,14 @@ class Layout:
     te_norms: bool = False
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, *, tp: int = 1, te_norms: bool = False) -> Layout:
+    def from_config(cls, cfg: ModelConfig, *, tp: int = 1, te_norms: bool = False,
+                    pad_vocab: bool = True) -> Layout:
+        """``pad_vocab=False`` gives the engine's canonical tensors (unpadded vocabulary)."""
         head_dim = cfg.kv_channels or cfg.hidden_size // cfg.num_attention_heads
+        padded = (padded_vocab_size(cfg.vocab_size, cfg.make_vocab_size_divisible_by, tp)
+                  if pad_vocab else cfg.vocab_size)
         return cls(cfg.num_layers, cfg.hidden_size, cfg.num_attention_heads,
-                   cfg.num_query_groups, head_dim, cfg.vocab_size,
-                   padded_vocab_size(cfg.vocab_size, cfg.make_vocab_size_divisible_by, tp),
+                   cfg.num_query_groups, head_dim, cfg.vocab_size, padded,
                    cfg.tie_word_embeddings, cfg.qkv_bias, te_norms)
 
 
