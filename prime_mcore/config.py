@@ -26,6 +26,8 @@ __all__ = [
     "ClusterConfig",
     "RunConfig",
     "RLConfig",
+    "SFTConfig",
+    "SFTTrainConfig",
     "register_configs",
 ]
 
@@ -297,10 +299,25 @@ class DataConfig:
     """Skip (and count) malformed rows instead of failing with their indices."""
     shuffle: bool = True
     seed: int = 42
+    builtin_num_train: int = 20000
+    """Built-in task: generated training problems (split by a hash, never leaking into test)."""
+    builtin_num_val: int = 200
+    builtin_num_test: int = 500
+    builtin_num_ops: list[int] = field(default_factory=lambda: [2, 3])
+    """Operation counts of the built-in problems."""
+    builtin_slip_rate: float = 0.4
+    """Share of built-in SFT traces with an arithmetic slip (the noisy teacher)."""
+    builtin_slip_mode: str = "carry"
+    """"carry" (the teacher forgets carries: a systematic bug) or "uniform" (random slips)."""
 
     def __post_init__(self) -> None:
         _one_of("data", "source", self.source, ("parquet", "builtin"))
-        _positive("data", train_batch_size=self.train_batch_size)
+        _one_of("data", "builtin_slip_mode", self.builtin_slip_mode, ("carry", "uniform"))
+        _positive("data", train_batch_size=self.train_batch_size,
+                  builtin_num_train=self.builtin_num_train, builtin_num_val=self.builtin_num_val,
+                  builtin_num_test=self.builtin_num_test)
+        if not 0.0 <= self.builtin_slip_rate <= 1.0:
+            raise ValueError(f"data.builtin_slip_rate={self.builtin_slip_rate} must be in [0, 1]")
 
 
 @dataclass(kw_only=True)
@@ -397,6 +414,57 @@ class RLConfig:
                                  f"rollout.n_samples={self.rollout.n_samples}: groups would be split")
 
 
+@dataclass(kw_only=True)
+class SFTTrainConfig:
+    """Supervised fine-tuning on (prompt, response) traces; loss on response tokens only.
+    Defaults: the paper's SFT stage (App. D: batch 96, cosine lr 1e-5, warm-up ratio 0.1)."""
+
+    batch_size: int = 96
+    """Sequences per optimizer step (global)."""
+    micro_batch_size: int = 8
+    max_length: int = 4096
+    """Prompt + response tokens; longer rows are skipped and counted."""
+    warmup_ratio: float = 0.1
+    """Linear warm-up over this share of run.max_steps (then cosine to optim.min_lr)."""
+    select_best: bool = True
+    """Keep the checkpoint with the best greedy validation accuracy in <run>/best."""
+
+    def __post_init__(self) -> None:
+        _positive("sft", batch_size=self.batch_size, micro_batch_size=self.micro_batch_size,
+                  max_length=self.max_length)
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(f"sft.batch_size={self.batch_size} is not divisible by "
+                             f"sft.micro_batch_size={self.micro_batch_size}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"sft.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+
+
+@dataclass(kw_only=True)
+class SFTConfig:
+    """An SFT job; composed by configs/sft.yaml. data.train_files are SFT parquet files
+    (prompt messages + response); data.val_files RL parquet scored by greedy accuracy."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        lr=1e-5, min_lr=0.0, weight_decay=0.0, lr_schedule="cosine"))
+    sft: SFTTrainConfig = field(default_factory=SFTTrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(backend="hf"))
+    """Generation settings of the validation evals (greedy)."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(
+        name="sft", max_steps=7180, save_every=500, eval_every=500))
+    """max_steps 7180 = 3 epochs of the paper's 229,763 traces at batch 96."""
+
+    def __post_init__(self) -> None:
+        check_layout(self.model, self.parallel, self.cluster)
+        dp = self.cluster.world_size // (self.parallel.tp * self.parallel.pp)
+        if self.sft.micro_batch_size % dp:
+            raise ValueError(f"sft.micro_batch_size={self.sft.micro_batch_size} is not divisible "
+                             f"by the data-parallel size {dp}")
+
+
 def check_layout(model: ModelConfig, parallel: ParallelConfig, cluster: ClusterConfig) -> None:
     """Cross-field checks of the parallel layout against the model and the allocation."""
     world = cluster.world_size
@@ -425,6 +493,7 @@ def register_configs() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="rl_schema", node=RLConfig)
+    cs.store(name="sft_schema", node=SFTConfig)
     for group, node in (("model", ModelConfig), ("parallel", ParallelConfig),
                         ("rollout", RolloutConfig), ("prm", PRMConfig), ("algo", AlgoConfig),
                         ("data", DataConfig), ("cluster", ClusterConfig), ("run", RunConfig)):
