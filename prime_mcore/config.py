@@ -28,6 +28,8 @@ __all__ = [
     "RLConfig",
     "SFTConfig",
     "SFTTrainConfig",
+    "SuiteConfig",
+    "EvalConfig",
     "register_configs",
 ]
 
@@ -465,6 +467,99 @@ class SFTConfig:
                              f"by the data-parallel size {dp}")
 
 
+@dataclass(kw_only=True)
+class SuiteConfig:
+    """A named list of catalogued benchmarks (prime_mcore/data/benchmarks.py CATALOG);
+    selected with ``suite=<name>`` (configs/suite/)."""
+
+    name: str = "none"
+    benchmarks: list[str] = field(default_factory=list)
+    """Catalog names, e.g. aime2024, amc, math500, minerva_math, olympiadbench, leetcode,
+    livecodebench, humaneval, mbpp, gsm8k, builtin (the built-in task's test split)."""
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """An evaluation job (spec 10-11); composed by configs/eval.yaml.
+
+    Rows of the results table are ``checkpoints`` (each "label:path" or a path: an engine
+    checkpoint or an HF directory; empty = the weights ``model`` points at), columns the
+    benchmarks of ``suite`` (files under ``data_root``), ``files`` and the built-in test
+    split when ``data.source=builtin``.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """max_response_length caps every benchmark's max_tokens: prompt + response must fit the
+    model's window (Qwen2.5-Math-7B: 4096, so MATH-500's nominal 8192 is capped, as in PRIME's
+    vLLM runs). Lower gpu_memory_utilization or raise parallel.tp for best-of-N on large
+    models: the policy, PRM and reference engines stay on the GPUs next to vLLM."""
+    data: DataConfig | None = None
+    """None, or data=builtin: the built-in task (its rl_test split becomes a benchmark)."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="eval", max_steps=1))
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
+    data_root: str | None = None
+    """Directory the suite's relative benchmark paths live under."""
+    files: list[str] = field(default_factory=list)
+    """Extra benchmark files ("path" or "name:path"; format auto-detected)."""
+    checkpoints: list[str] = field(default_factory=list)
+    limit: int = 0
+    """Items per benchmark (the first ones); 0 = all."""
+    mode: str = "greedy"
+    """"greedy": each benchmark's own sampling (spec 10); "avg@k": k samples at temperature."""
+    k: int = 16
+    temperature: float = 0.3
+    top_p: float = 0.95
+    pass_k: list[int] = field(default_factory=list)
+    """pass@k values reported (unbiased estimator) in avg@k mode; empty = [k]."""
+    max_tokens: int = 0
+    """Overrides every benchmark's max_tokens when > 0."""
+    best_of_n: int = 0
+    """N > 0: also sample N candidates at bon_temperature, rerank with the implicit PRM."""
+    bon_temperature: float = 1.0
+    prm_path: str | None = None
+    ref_path: str | None = None
+    prm_beta: float = 0.05
+    prm_aggregate: str = "min"
+    """"min" over step-end implicit Q values, or "last" (the whole-response reward)."""
+    prm_micro_batch_size: int = 8
+    system_prompt: str | None = "action"
+    """"action": PRIME's action prompt (rows with their own messages keep theirs); null: no
+    system turn anywhere; any other text: that system turn for every item."""
+    skip_missing: bool = False
+    """Skip missing benchmark files with a warning instead of failing."""
+    skip_bad_rows: bool = False
+    gen_batch_size: int = 256
+    """Prompts per generate call (the progress bar advances per call)."""
+    verifier_workers: int = 8
+    code_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_layout(self.model, self.parallel, self.cluster)
+        _one_of("eval", "mode", self.mode, ("greedy", "avg@k"))
+        _one_of("eval", "prm_aggregate", self.prm_aggregate, ("min", "last"))
+        _positive("eval", k=self.k, top_p=self.top_p, prm_beta=self.prm_beta,
+                  prm_micro_batch_size=self.prm_micro_batch_size,
+                  gen_batch_size=self.gen_batch_size, verifier_workers=self.verifier_workers,
+                  code_timeout_s=self.code_timeout_s)
+        if min(self.limit, self.max_tokens, self.best_of_n) < 0:
+            raise ValueError("eval: limit, max_tokens and best_of_n must be >= 0")
+        if self.top_p > 1 or self.temperature < 0 or self.bon_temperature < 0:
+            raise ValueError("eval: need temperature >= 0, bon_temperature >= 0, top_p <= 1")
+        if any(k < 1 for k in self.pass_k):
+            raise ValueError(f"eval.pass_k={self.pass_k} must be >= 1")
+        window = self.rollout.max_prompt_length + self.rollout.max_response_length
+        if window > self.model.max_position_embeddings:
+            raise ValueError(f"rollout.max_prompt_length + rollout.max_response_length = {window} "
+                             f"exceeds model.max_position_embeddings="
+                             f"{self.model.max_position_embeddings}")
+        if self.best_of_n and not (self.prm_path and self.ref_path):
+            raise ValueError("eval.best_of_n > 0 needs eval.prm_path and eval.ref_path (the "
+                             "implicit PRM and its reference: engine checkpoints or HF dirs)")
+
+
 def check_layout(model: ModelConfig, parallel: ParallelConfig, cluster: ClusterConfig) -> None:
     """Cross-field checks of the parallel layout against the model and the allocation."""
     world = cluster.world_size
@@ -494,6 +589,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="rl_schema", node=RLConfig)
     cs.store(name="sft_schema", node=SFTConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
     for group, node in (("model", ModelConfig), ("parallel", ParallelConfig),
                         ("rollout", RolloutConfig), ("prm", PRMConfig), ("algo", AlgoConfig),
                         ("data", DataConfig), ("cluster", ClusterConfig), ("run", RunConfig)):

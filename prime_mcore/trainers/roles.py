@@ -1,0 +1,179 @@
+"""The three roles of PRIME over the engine: the policy, the implicit PRM and its reference.
+
+PRM update variants (spec 3.3) are separate objects chosen at construction, never flags
+inside the loop:
+- ``PRMAfter`` (single forward, the paper's default): mini-batch k is scored by the PRM
+  after k-1 of this step's updates, then trained; its rewards are those scores.
+- ``PRMBefore`` (double forward): train on all mini-batches, then score with a fresh forward.
+- ``PRMFrozen`` ("none"): score only (the offline-PRM ablation).
+- ``OutcomeOnly``: no PRM at all, the outcome-only RLOO baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from prime_mcore import algo
+
+Batch = Mapping[str, Tensor]
+
+
+def slice_rows(batch: Batch, rows: slice | Tensor) -> dict[str, Tensor]:
+    return {k: v[rows] for k, v in batch.items()}
+
+
+def _mean(dicts: list[dict[str, float]]) -> dict[str, float]:
+    return {k: sum(d[k] for d in dicts) / len(dicts) for k in dicts[0]} if dicts else {}
+
+
+class Policy:
+    """The policy: recomputes old log-probs and takes PPO steps on mini-batches."""
+
+    def __init__(self, engine, *, temperature: float, mini_batch_size: int,
+                 micro_batch_size: int, clip_eps: float, dual_clip: float | None, agg: str,
+                 ppo_epochs: int, shuffle: bool) -> None:
+        self.engine, self.temperature = engine, temperature
+        self.mini, self.micro = mini_batch_size, micro_batch_size
+        self.clip_eps, self.dual_clip, self.agg = clip_eps, dual_clip, agg
+        self.epochs, self.shuffle = ppo_epochs, shuffle
+
+    def logprobs(self, batch: Batch) -> Tensor:
+        return self.engine.logprobs(batch, micro_batch_size=self.micro,
+                                    temperature=self.temperature)
+
+    def _loss_fn(self, logp: Tensor, mb: dict[str, Tensor]):
+        mask = mb["response_mask"].bool()
+        loss, m = algo.ppo_policy_loss(logp, mb["logp_old"], mb["advantages"], mask,
+                                       clip_eps=self.clip_eps, dual_clip=self.dual_clip,
+                                       agg=self.agg)
+        # the engine divides sums by the global token (or sequence) count: undo the mean here
+        count = mask.sum() if self.agg == "token-mean" else mask.any(-1).sum()
+        metrics = {f"policy/{k}": v * count for k, v in m.items()}
+        return loss * count, metrics
+
+    def update(self, batch: Batch, *, seed: int) -> dict[str, float]:
+        """PPO epochs over shuffled mini-batches of rows (advantages are already final)."""
+        rows = batch["input_ids"].shape[0]
+        normalizer = "token" if self.agg == "token-mean" else "sequence"
+        results = []
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(self.epochs):
+            order = torch.randperm(rows, generator=gen) if self.shuffle else torch.arange(rows)
+            for start in range(0, rows, self.mini):
+                mb = slice_rows(batch, order[start:start + self.mini])
+                results.append(self.engine.train_step(
+                    self._loss_fn, mb, micro_batch_size=self.micro, normalizer=normalizer,
+                    temperature=self.temperature))
+        out = _mean(results)
+        return {("policy/" + k if not k.startswith("policy/") else k): v for k, v in out.items()}
+
+
+class ImplicitPRM:
+    """pi_prm next to a frozen pi_ref; rewards r_t = beta log(pi_prm / pi_ref) (spec 2-3)."""
+
+    def __init__(self, engine, reference, *, beta: float, convention: str, granularity: str,
+                 norm: str, norm_scope: str, dp_size: int, group_size: int,
+                 mini_batch_size: int, micro_batch_size: int,
+                 use_policy_as_ref: bool = False) -> None:
+        self.engine, self.reference = engine, reference
+        self.beta, self.convention, self.granularity = beta, convention, granularity
+        self.norm, self.norm_scope, self.dp = norm, norm_scope, dp_size
+        self.group_size = group_size
+        self.mini, self.micro = mini_batch_size, micro_batch_size
+        self.use_policy_as_ref = use_policy_as_ref
+
+    def ref_logprobs(self, batch: Batch) -> Tensor:
+        if self.use_policy_as_ref:  # ref_type "policy": old policy log-probs are the reference
+            return batch["logp_old"]
+        return self.reference.logprobs(batch, micro_batch_size=self.micro)
+
+    def logprobs(self, batch: Batch) -> Tensor:
+        return self.engine.logprobs(batch, micro_batch_size=self.micro)
+
+    def _loss_fn(self, logp: Tensor, mb: dict[str, Tensor]):
+        loss = algo.prm_ce_loss(logp, mb["logp_ref"], mb["response_mask"], mb["scores"],
+                                beta=self.beta)
+        return loss * logp.shape[0], {}  # BCE mean over responses -> sum; engine divides by B
+
+    def train_minibatch(self, mb: Batch) -> dict[str, float]:
+        m = self.engine.train_step(self._loss_fn, mb, micro_batch_size=self.micro,
+                                   normalizer="sequence", temperature=1.0)
+        return {"prm/ce_loss": m["loss"], "prm/grad_norm": m["grad_norm"], "prm/lr": m["lr"]}
+
+    def minibatches(self, rows: int) -> list[slice]:
+        return [slice(s, s + self.mini) for s in range(0, rows, self.mini)]
+
+    def rewards(self, logp_prm: Tensor, logp_ref: Tensor, mask: Tensor) -> Tensor:
+        """rm_scores with batch_norm over each DP rank's shard ("rank") or the batch."""
+        kw = dict(beta=self.beta, convention=self.convention, granularity=self.granularity)
+        if self.norm != "batch_norm" or self.norm_scope == "global" or self.dp == 1:
+            return algo.process_rewards(logp_prm, logp_ref, mask, norm=self.norm, **kw)
+        # the reference repos normalise each DP rank's contiguous shard with its own max
+        shards = [algo.process_rewards(a, b, m, norm="batch_norm", **kw) for a, b, m in
+                  zip(logp_prm.chunk(self.dp), logp_ref.chunk(self.dp), mask.chunk(self.dp))]
+        return torch.cat(shards)
+
+
+def _finish(prm: ImplicitPRM, batch: Batch, logp_prm: Tensor, logs: list[dict]) -> tuple:
+    mask = batch["response_mask"].bool()
+    rm = prm.rewards(logp_prm, batch["logp_ref"], mask)
+    metrics = _mean(logs)
+    metrics["prm/dpo_acc"] = algo.dpo_accuracy(rm, batch["scores"], mask,
+                                               group_size=prm.group_size)
+    metrics["prm/reward_mean"] = float(algo.masked_mean(rm, mask))
+    return rm, metrics
+
+
+class PRMAfter:
+    """Single forward (spec 3.3 "after"): score mini-batch k, then train on it."""
+
+    def __init__(self, prm: ImplicitPRM) -> None:
+        self.prm = prm
+
+    def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, dict[str, float]]:
+        batch["logp_ref"] = self.prm.ref_logprobs(batch)
+        parts, logs = [], []
+        for sl in self.prm.minibatches(batch["input_ids"].shape[0]):
+            mb = slice_rows(batch, sl)
+            parts.append(self.prm.logprobs(mb))
+            logs.append(self.prm.train_minibatch(mb))
+        return _finish(self.prm, batch, torch.cat(parts), logs)
+
+
+class PRMBefore:
+    """Double forward (spec 3.3 "before"): update on every mini-batch, then re-score."""
+
+    def __init__(self, prm: ImplicitPRM) -> None:
+        self.prm = prm
+
+    def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, dict[str, float]]:
+        batch["logp_ref"] = self.prm.ref_logprobs(batch)
+        logs = [self.prm.train_minibatch(slice_rows(batch, sl))
+                for sl in self.prm.minibatches(batch["input_ids"].shape[0])]
+        return _finish(self.prm, batch, self.prm.logprobs(batch), logs)
+
+
+class PRMFrozen:
+    """No PRM update (the offline-PRM ablation): rewards from the current PRM only."""
+
+    def __init__(self, prm: ImplicitPRM) -> None:
+        self.prm = prm
+
+    def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, dict[str, float]]:
+        batch["logp_ref"] = self.prm.ref_logprobs(batch)
+        return _finish(self.prm, batch, self.prm.logprobs(batch), [])
+
+
+class OutcomeOnly:
+    """The outcome-only RLOO baseline: no process rewards."""
+
+    prm = None
+
+    def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, dict[str, float]]:
+        return None, {}
+
+
+PRM_UPDATES = {"after": PRMAfter, "before": PRMBefore, "none": PRMFrozen}
