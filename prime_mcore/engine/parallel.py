@@ -120,6 +120,12 @@ def init_distributed(parallel: ParallelConfig, *, seed: int) -> ParallelInfo:
     if world % (parallel.tp * parallel.pp):
         raise ValueError(f"parallel.tp * parallel.pp = {parallel.tp} * {parallel.pp} does not "
                          f"divide the world size {world}")
+    # Megatron's groups hang off the default group: if that was replaced since they were built
+    # (another library, e.g. an in-process vLLM, destroyed and re-created it), rebuild them.
+    default_group = dist.distributed_c10d._get_default_group()
+    if _state.get("default_group") is not default_group:
+        _state.pop("layout", None)
+        _state["default_group"] = default_group
     if _state.get("layout") != _layout(parallel):
         if mpu.model_parallel_is_initialized():
             mpu.destroy_model_parallel()

@@ -58,3 +58,15 @@ def test_init_is_idempotent_and_checks_the_layout():
     assert (info.world_size, info.tp, info.pp, info.dp, info.is_last_stage) == (1, 1, 1, 1, True)
     with pytest.raises(ValueError, match="does not divide the world size 1"):
         init_distributed(ParallelConfig(tp=2), seed=0)
+
+
+def test_groups_are_rebuilt_when_another_library_replaced_the_default_group():
+    # vLLM's in-process engine destroys the default process group when it shuts down; the
+    # next init must not hand out Megatron groups of the dead one.
+    import torch.distributed as dist
+
+    init_distributed(ParallelConfig(), seed=0)
+    dist.destroy_process_group()
+    assert not dist.is_initialized()
+    info = init_distributed(ParallelConfig(), seed=0)
+    assert (info.world_size, info.tp, info.pp, info.dp, info.pp_rank) == (1, 1, 1, 1, 0)
