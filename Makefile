@@ -54,8 +54,8 @@ slurm-down:
 	$(SLURM) stop --purge --state-dir $(SLURM_STATE)
 
 demo:
-	@echo "make demo (SFT -> PRIME RL -> eval on the built-in task) arrives with the PRIME"
-	@echo "trainer (issue 7); it is not implemented yet." >&2
+	@echo "make demo (SFT -> RLOO/PRIME -> eval on the built-in task, with its controls) is"
+	@echo "still being tuned and does not run yet (issue 7); see README.md Status." >&2
 	@exit 2
 
 test-fast: $(STAMP)
