@@ -14,8 +14,15 @@ import torch
 from torch import Tensor
 
 from prime_mcore.config import ModelConfig
-from prime_mcore.convert.hf_io import iter_hf_tensors, write_hf_dir
-from prime_mcore.convert.mapping import Layout, hf_config_from_model, hf_to_mcore, mcore_to_hf
+from prime_mcore.convert.hf_io import iter_hf_tensors
+from prime_mcore.convert.hf_write import write_hf_dir
+from prime_mcore.convert.mapping import (
+    Layout,
+    hf_config_from_model,
+    hf_shapes,
+    hf_to_mcore,
+    mcore_to_hf,
+)
 
 
 def engine_hf_tensors(engine, cfg: ModelConfig) -> Iterator[tuple[str, Tensor]]:
@@ -38,7 +45,11 @@ def export_engine_to_hf(engine, cfg: ModelConfig, out_dir: str | Path, *, writer
         for _ in named:  # keep the collective gathers in step with the writing rank
             pass
         return Path(out_dir)
+    # The engine's tensors are in its params dtype: with a dtype and the shapes known up
+    # front, each tensor goes to disk as it arrives (no shard is buffered).
+    dtype = dtype or {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.params_dtype]
     config = hf_config_from_model(cfg, base=base_config,
-                                  dtype="float32" if dtype in (None, torch.float32) else "bfloat16")
+                                  dtype="float32" if dtype == torch.float32 else "bfloat16")
     return write_hf_dir(named, out_dir, config=config, tokenizer_dir=tokenizer_dir, dtype=dtype,
-                        force=force, progress=progress)
+                        force=force, progress=progress,
+                        plan=hf_shapes(Layout.from_config(cfg, pad_vocab=False)))
