@@ -47,15 +47,19 @@ def broadcast(obj: Any) -> Any:
 
 
 def write_config(cfg: Any, run_dir: Path) -> None:
-    """The resolved config as YAML in the run dir (rank 0)."""
+    """The resolved config as YAML in the run dir (rank 0), and the model's architecture as
+    model_config.json so that tools/convert/mcore_to_hf.py can convert any checkpoint below."""
     if not is_rank0():
         return
     from omegaconf import OmegaConf
+
+    from prime_mcore.convert.dist_io import write_model_config
 
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / "config.yaml.tmp"
     tmp.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     tmp.replace(run_dir / "config.yaml")
+    write_model_config(run_dir, cfg.model)
 
 
 def prepare_builtin(data: DataConfig, data_dir: Path) -> dict[str, Path]:

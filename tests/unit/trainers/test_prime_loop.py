@@ -2,6 +2,8 @@
 3-step PRIME and RLOO runs, exact resume, and the metrics a user reads."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ from omegaconf import OmegaConf
 
 from prime_mcore.config import RLConfig, register_configs
 
-CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+ROOT = Path(__file__).resolve().parents[3]
+CONFIGS = ROOT / "configs"
 TINY = ["experiment=tiny_cpu", "data.builtin_num_train=200", "data.builtin_num_val=8",
         "data.builtin_num_test=8", "rollout.max_response_length=24", "data.train_batch_size=4",
         "algo.mini_batch_size=16", "prm.mini_batch_size=8", "algo.micro_batch_size=8",
@@ -72,6 +75,13 @@ def test_prime_and_rloo_three_steps_then_exact_resume(tmp_path):
     for key in a:
         if not key.startswith("time/") and key != "rollout/sync_seconds":
             assert a[key] == b[key], key
+    # a step checkpoint converts to HF with the conversion CLI (run dir holds the architecture)
+    conv = subprocess.run([sys.executable, str(ROOT / "tools/convert/mcore_to_hf.py"), "--ckpt",
+                           str(run / "checkpoints" / "step_3" / "policy"), "--out",
+                           str(tmp_path / "hf_out")], capture_output=True, text=True)
+    assert conv.returncode == 0, conv.stderr
+    assert (tmp_path / "hf_out" / "config.json").is_file()
+
     wa = policy_tensors(run / "checkpoints" / "step_3")
     wb = policy_tensors(tmp_path / "resumed" / "checkpoints" / "step_3")
     assert wa.keys() == wb.keys()
