@@ -147,9 +147,32 @@ class WeightSyncExtension:
         with set_current_vllm_config(self.vllm_config):  # type: ignore[attr-defined]
             # Layers that got nothing get their previous kernel tensors back here.
             finalize_layerwise_reload(model, self.vllm_config.model_config)  # type: ignore[attr-defined]
+            _reprocess_tied_embeddings(model)
         # Same invalidations as GPUModelRunner.reload_weights.
         runner.reset_lora_state()
         runner.reset_encoder_cache()
         runner.reset_mm_cache()
         expected = {name for name, _ in model.named_parameters()}
         return sorted(expected - self.prime_loaded_names)
+
+
+def _reprocess_tied_embeddings(model: torch.nn.Module) -> None:
+    """Re-derive the kernel state of embeddings that share their weight (tied lm_head).
+
+    The loaders route a tied weight to the input embedding only (Qwen2 even drops
+    ``lm_head.weight``), so the lm_head layer is never re-processed, while on CPU its
+    processing built a packed GEMM copy of the weight: it would keep computing logits with
+    the old weights. Unquantized embedding processing is idempotent (a no-op on GPUs).
+    """
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    owners: dict[int, list[torch.nn.Module]] = {}
+    for module in model.modules():
+        weight = module._parameters.get("weight")
+        if weight is not None and isinstance(getattr(module, "quant_method", None),
+                                             UnquantizedEmbeddingMethod):
+            owners.setdefault(weight.data_ptr(), []).append(module)
+    for modules in owners.values():
+        if len(modules) > 1:
+            for module in modules:
+                module.quant_method.process_weights_after_loading(module)

@@ -22,7 +22,14 @@ from prime_mcore.rollout import (
 )
 from prime_mcore.rollout.weight_sync import bucket_checksum
 
-from .tiny_model import MAX_POSITIONS, TrainerLogprobs, hf_forward_logprobs, load_hf, make_prompts
+from .tiny_model import (
+    MAX_POSITIONS,
+    TrainerLogprobs,
+    hf_forward_logprobs,
+    load_hf,
+    make_prompts,
+    train_step,
+)
 
 pytest.importorskip("vllm")
 
@@ -59,16 +66,6 @@ def gap(monitor: LogprobGapMonitor, trainer: TrainerLogprobs, prompts: list[list
         out: RolloutOutput, temperature: float, **kw: float) -> dict[str, float]:
     _, rollout, mask = out.padded()
     return monitor.check(rollout, trainer(prompts, out, temperature), mask, **kw)
-
-
-def train_step(model: torch.nn.Module, prompts: list[list[int]], lr: float = 1e-2) -> None:
-    """One real AdamW step (LM loss) on the reference: the stand-in for an engine step."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    for p in prompts:
-        ids = torch.tensor([p])
-        model(ids, labels=ids).loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
 
 
 def test_is_a_rollout_backend_without_sleep_on_cpu(engine, reference):

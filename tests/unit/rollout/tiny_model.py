@@ -45,7 +45,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs), strict=True))
 
 
-def build_tiny_checkpoint(out: Path, seed: int = 0) -> Path:
+def build_tiny_checkpoint(out: Path, seed: int = 0, tied: bool = False) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
@@ -62,7 +62,7 @@ def build_tiny_checkpoint(out: Path, seed: int = 0) -> Path:
     cfg = Qwen2Config(
         vocab_size=len(hf_tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=MAX_POSITIONS,
-        tie_word_embeddings=False, initializer_range=0.1, eos_token_id=hf_tok.eos_token_id,
+        tie_word_embeddings=tied, initializer_range=0.1, eos_token_id=hf_tok.eos_token_id,
         bos_token_id=hf_tok.bos_token_id, pad_token_id=hf_tok.pad_token_id)
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(cfg)
@@ -117,3 +117,13 @@ def swapped_rows(weight: torch.Tensor, a: int, b: int) -> Iterator[None]:
     finally:
         with torch.no_grad():
             weight[[a, b]] = weight[[b, a]]
+
+
+def train_step(model: torch.nn.Module, prompts: list[list[int]], lr: float = 1e-2) -> None:
+    """One real AdamW step (LM loss) on an HF model: the stand-in for an engine step."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for p in prompts:
+        ids = torch.tensor([p])
+        model(ids, labels=ids).loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
