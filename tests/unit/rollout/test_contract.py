@@ -92,15 +92,28 @@ def test_iter_buckets_respects_size_and_order():
 
 
 def test_bucket_bytes_roundtrip_with_tied_and_viewed_tensors():
+    from safetensors.torch import load, save
+
     emb = torch.randn(5, 3)
     base = torch.randn(4, 4)
-    bucket = [("embed.weight", emb), ("lm_head.weight", emb),  # tied: shared storage
-              ("row", base[1]), ("col", base[:, 2]), ("half", torch.ones(3, dtype=torch.bfloat16))]
-    back = dict(bucket_from_bytes(bucket_to_bytes(bucket)))
-    assert sorted(back) == sorted(name for name, _ in bucket)  # safetensors sorts keys
-    for name, t in bucket:
-        assert back[name].dtype == t.dtype and torch.equal(back[name], t)
-    assert bucket_checksum(list(back.items())) == bucket_checksum(bucket)
+    # An odd-sized bf16 tensor ahead of float32 ones leaves their offsets unaligned.
+    bucket = [("half", torch.randn(3).to(torch.bfloat16)),
+              ("embed.weight", emb), ("lm_head.weight", emb),  # tied: shared storage
+              ("row", base[1]), ("col", base[:, 2]), ("scalar", torch.tensor(2.5)),
+              ("empty", torch.zeros(0, 4)), ("ids", torch.arange(7))]
+    blob = bucket_to_bytes(bucket)
+    for back in (dict(bucket_from_bytes(blob)), dict(bucket_from_bytes(bytes(blob))),
+                 load(bytes(blob))):  # a valid safetensors file, readable by the library
+        assert sorted(back) == sorted(name for name, _ in bucket)  # the library sorts keys
+        for name, t in bucket:
+            assert back[name].dtype == t.dtype and back[name].shape == t.shape
+            assert torch.equal(back[name], t), name
+        assert bucket_checksum(list(back.items())) == bucket_checksum(bucket)
+    # ...and the reader takes the library's own blobs (sorted keys, its own header).
+    theirs = dict(bucket_from_bytes(save({"a": torch.randn(2, 3), "b": torch.ones(5)})))
+    assert theirs["a"].shape == (2, 3) and torch.equal(theirs["b"], torch.ones(5))
+    with pytest.raises(ValueError, match="dtype"):
+        bucket_to_bytes([("c", torch.zeros(2, dtype=torch.complex64))])
 
 
 def test_checksum_is_exact_bitwise_and_name_aware():

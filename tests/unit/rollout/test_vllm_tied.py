@@ -1,7 +1,7 @@
 """Weight sync into a model with tied input/output embeddings (Qwen2.5-0.5B, SmolLM2 style).
 
 vLLM's loaders route the tied weight to the input embedding only; on CPU the lm_head keeps
-its own packed GEMM copy, so a sync must re-derive it (weight_sync._reprocess_tied_embeddings).
+its own packed GEMM copy, so a sync must re-derive it (weight_sync._reprocess_stale_embeddings).
 """
 
 from __future__ import annotations
