@@ -18,6 +18,10 @@ TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NOD
 
 # The tiny CPU experiment with a Llama-shaped model: 2 KV heads, so TP=2 passes the layout check.
 TINY = ["experiment=tiny_cpu", "model=tiny_llama", "cluster=slurm_cpu", "cluster.time_min=10"]
+# The real PRIME trainer at its smallest: 4 prompts a step, 24-token responses.
+SMALL_RL = ["data.builtin_num_train=200", "data.builtin_num_val=8", "data.builtin_num_test=8",
+            "rollout.max_response_length=24", "data.train_batch_size=4",
+            "algo.mini_batch_size=16", "prm.mini_batch_size=8"]
 
 
 def slurm_problem() -> str | None:

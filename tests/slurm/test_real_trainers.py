@@ -11,13 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm.slurm_utils import CPU_RESOURCES, ROOT, TINY, launch_cli, read_logs, wait_jobs
+from tests.slurm.slurm_utils import (
+    CPU_RESOURCES,
+    ROOT,
+    SMALL_RL,
+    TINY,
+    launch_cli,
+    read_logs,
+    wait_jobs,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(600)]
-
-SMALL_RL = ["data.builtin_num_train=200", "data.builtin_num_val=8", "data.builtin_num_test=8",
-            "rollout.max_response_length=24", "data.train_batch_size=4",
-            "algo.mini_batch_size=16", "prm.mini_batch_size=8"]
 
 
 def rows(run_dir: Path) -> list[dict]:
