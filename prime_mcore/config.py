@@ -307,6 +307,8 @@ class DataConfig:
     builtin_num_test: int = 500
     builtin_num_ops: list[int] = field(default_factory=lambda: [2, 3])
     """Operation counts of the built-in problems."""
+    builtin_operands: list[int] = field(default_factory=lambda: [10, 99])
+    """[lo, hi]: the range of every number in a built-in problem (smaller is easier)."""
     builtin_slip_rate: float = 0.4
     """Share of built-in SFT traces with an arithmetic slip (the noisy teacher)."""
     builtin_slip_mode: str = "carry"
@@ -320,6 +322,10 @@ class DataConfig:
                   builtin_num_test=self.builtin_num_test)
         if not 0.0 <= self.builtin_slip_rate <= 1.0:
             raise ValueError(f"data.builtin_slip_rate={self.builtin_slip_rate} must be in [0, 1]")
+        ops = self.builtin_operands
+        if len(ops) != 2 or not 0 <= ops[0] < ops[1]:
+            raise ValueError(f"data.builtin_operands={list(ops)} must be [lo, hi] with "
+                             "0 <= lo < hi")
 
 
 @dataclass(kw_only=True)

@@ -267,12 +267,12 @@ def to_rl_examples(
 def write_builtin_task(
     out_dir: str | Path, seed: int, n_train: int, n_val: int, n_test: int, *,
     slip_rate: float = 0.0, slip_mode: str = "carry", num_ops: Sequence[int] = (2, 3),
-    system_prompt: str | None = None,
+    lo: int = 10, hi: int = 99, system_prompt: str | None = None,
 ) -> dict[str, Path]:
     """Write ``rl_{train,val,test}.parquet`` (RL schema) and ``sft_train.parquet`` (noisy
     teacher traces) plus a clean ``sft_val.parquet`` under ``out_dir``; returns the paths."""
     out = Path(out_dir)
-    splits = make_splits(seed, n_train, n_val, n_test, num_ops=num_ops)
+    splits = make_splits(seed, n_train, n_val, n_test, num_ops=num_ops, lo=lo, hi=hi)
     paths = {}
     for name in ("train", "val", "test"):
         rows = to_rl_examples(getattr(splits, name), name, system_prompt=system_prompt)

@@ -73,12 +73,13 @@ def prepare_builtin(data: DataConfig, data_dir: Path) -> dict[str, Path]:
     stamp = data_dir / "builtin.json"
     spec = {"seed": data.seed, "n": [data.builtin_num_train, data.builtin_num_val,
                                      data.builtin_num_test],
-            "ops": list(data.builtin_num_ops), "slip": [data.builtin_slip_rate,
-                                                        data.builtin_slip_mode]}
+            "ops": list(data.builtin_num_ops), "operands": list(data.builtin_operands),
+            "slip": [data.builtin_slip_rate, data.builtin_slip_mode]}
     if is_rank0() and (not stamp.exists() or json.loads(stamp.read_text()) != spec):
         write_builtin_task(data_dir, data.seed, data.builtin_num_train, data.builtin_num_val,
                            data.builtin_num_test, slip_rate=data.builtin_slip_rate,
-                           slip_mode=data.builtin_slip_mode, num_ops=tuple(data.builtin_num_ops))
+                           slip_mode=data.builtin_slip_mode, num_ops=tuple(data.builtin_num_ops),
+                           lo=data.builtin_operands[0], hi=data.builtin_operands[1])
         build_builtin_tokenizer(paths["tokenizer"], seed=data.seed)
         stamp.write_text(json.dumps(spec))
     barrier()

@@ -134,3 +134,23 @@ def test_exhausted_problem_space_is_an_error(monkeypatch):
         generate_problems(0, 100, num_ops=(2,), lo=10, hi=11)
     with pytest.raises(ValueError, match="too few distinct problems"):
         make_splits(0, 5, 5, 100, num_ops=(2,), lo=10, hi=11)
+
+
+def test_operand_range_reaches_the_written_task(tmp_path):
+    paths = write_builtin_task(tmp_path, seed=3, n_train=40, n_val=5, n_test=5, lo=1, hi=9,
+                               num_ops=(2,))
+    for split in ("rl_train", "rl_val", "rl_test"):
+        for ex in read_rl_parquet(paths[split]).examples:
+            numbers = [int(n) for n in re.findall(r"\d+", ex.prompt[-1]["content"].split("\n")[0])]
+            assert len(numbers) == 3 and all(1 <= n <= 9 for n in numbers), ex.prompt
+    steps = [STEP.findall(r.response) for r in read_sft_parquet(paths["sft_train"])]
+    assert all(1 <= int(b) <= 9 for s in steps for (_, _, b, _) in s)
+
+
+def test_operand_range_is_validated():
+    from prime_mcore.config import DataConfig
+
+    assert DataConfig(builtin_operands=[1, 20]).builtin_operands == [1, 20]
+    for bad in ([20, 1], [5], [-1, 9]):
+        with pytest.raises(ValueError, match="data.builtin_operands"):
+            DataConfig(builtin_operands=bad)
