@@ -30,6 +30,10 @@ __all__ = [
     "SFTTrainConfig",
     "SuiteConfig",
     "EvalConfig",
+    "CurationConfig",
+    "CurateConfig",
+    "TraceGenConfig",
+    "SFTDataConfig",
     "register_configs",
 ]
 
@@ -566,6 +570,124 @@ class EvalConfig:
                              "implicit PRM and its reference: engine checkpoints or HF dirs)")
 
 
+@dataclass(kw_only=True)
+class CurationConfig:
+    """The agreement rule and the sharding of ``python -m prime_mcore.curate`` (spec 9, math
+    cleaning stage 4: keep problems a validator solves consistently, whose answers agree
+    across attempts and match the ground truth)."""
+
+    min_correct: int = 3
+    """k: keep a problem when at least k of its rollout.n_samples attempts are correct."""
+    require_answer_agreement: bool = True
+    """Also require the ground truth to be the strict plurality answer of the attempts."""
+    num_shards: int | None = None
+    """Shards the input is split into; None: $SLURM_ARRAY_TASK_COUNT, else 1."""
+    shard_index: int | None = None
+    """Shard this process runs; None: $SLURM_ARRAY_TASK_ID, else every shard in turn."""
+    stage: str = "run"
+    """"run": the shard(s), then the merge once every shard is done; "merge": the merge only."""
+    chunk_size: int = 64
+    """Problems per generate call; every finished chunk is saved, so a killed shard resumes
+    after its last saved chunk."""
+    limit: int = 0
+    """Curate only the first ``limit`` rows of the input (0: all)."""
+    filter_low: float = 0.2
+    """The online accuracy filter's band (algo.filter_low/high), for the difficulty report."""
+    filter_high: float = 0.8
+    hist_bins: int = 10
+    verifier_workers: int = 4
+    code_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _one_of("curate", "stage", self.stage, ("run", "merge"))
+        _positive("curate", min_correct=self.min_correct, chunk_size=self.chunk_size,
+                  hist_bins=self.hist_bins, verifier_workers=self.verifier_workers,
+                  code_timeout_s=self.code_timeout_s)
+        if self.num_shards is not None and self.num_shards < 1:
+            raise ValueError(f"curate.num_shards={self.num_shards} must be >= 1")
+        if self.shard_index is not None and not (
+                0 <= self.shard_index < (self.num_shards or 1 << 30)):
+            raise ValueError(f"curate.shard_index={self.shard_index} must be in "
+                             f"[0, curate.num_shards={self.num_shards})")
+        if self.limit < 0:
+            raise ValueError(f"curate.limit={self.limit} must be >= 0")
+        if not 0.0 <= self.filter_low <= self.filter_high <= 1.0:
+            raise ValueError(f"curate: need 0 <= filter_low <= filter_high <= 1, got "
+                             f"{self.filter_low}, {self.filter_high}")
+
+
+def _one_task(owner: str, cluster: ClusterConfig) -> None:
+    if cluster.world_size != 1:
+        raise ValueError(f"{owner} runs one process per job (cluster.nodes * "
+                         f"cluster.tasks_per_node = {cluster.world_size}); scale out with "
+                         f"shards (a Slurm job array), not ranks")
+
+
+@dataclass(kw_only=True)
+class CurateConfig:
+    """Offline curation of RL problems (``configs/curate.yaml``): ``data.train_files`` are
+    Eurus-2-RL-Data-style parquet, ``model.hf_path`` the validator (an HF directory), which
+    samples ``rollout.n_samples`` attempts per problem; outputs go to the run directory."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(n_samples=5))
+    """Spec 9: 5 attempts per problem and validator."""
+    data: DataConfig = field(default_factory=DataConfig)
+    curate: CurationConfig = field(default_factory=CurationConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="curate", max_steps=1))
+
+    def __post_init__(self) -> None:
+        if not self.model.hf_path:
+            raise ValueError("curate needs model.hf_path: the validator model's HF directory")
+        if self.curate.min_correct > self.rollout.n_samples:
+            raise ValueError(f"curate.min_correct={self.curate.min_correct} exceeds the "
+                             f"attempts per problem rollout.n_samples={self.rollout.n_samples}")
+        _one_task("curate", self.cluster)
+
+
+@dataclass(kw_only=True)
+class TraceGenConfig:
+    """Teacher traces for SFT (spec 8): seven-action format, right answer."""
+
+    system_prompt: str | None = "action"
+    """"action": the spec's action prompt replaces each row's system turn; null: the rows'
+    own messages as they are; any other text: that system turn."""
+    max_per_problem: int = 1
+    """Accepted traces kept per problem (of rollout.n_samples attempts)."""
+    strict_format: bool = False
+    """Also require "#" step lines and no empty action block (prompts.parse_action_trace)."""
+    chunk_size: int = 64
+    limit: int = 0
+    """Use only the first ``limit`` problems (0: all)."""
+    verifier_workers: int = 4
+
+    def __post_init__(self) -> None:
+        _positive("traces", max_per_problem=self.max_per_problem, chunk_size=self.chunk_size,
+                  verifier_workers=self.verifier_workers)
+        if self.limit < 0:
+            raise ValueError(f"traces.limit={self.limit} must be >= 0")
+
+
+@dataclass(kw_only=True)
+class SFTDataConfig:
+    """SFT trace generation (``configs/sft_data.yaml``): ``model.hf_path`` is the teacher,
+    ``data.train_files`` RL parquet with math ground truths; writes ``sft.parquet``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(
+        n_samples=4, temperature=0.7, top_p=0.95))
+    data: DataConfig = field(default_factory=DataConfig)
+    traces: TraceGenConfig = field(default_factory=TraceGenConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="sft_data", max_steps=1))
+
+    def __post_init__(self) -> None:
+        if not self.model.hf_path:
+            raise ValueError("sft_data needs model.hf_path: the teacher model's HF directory")
+        _one_task("sft_data", self.cluster)
+
+
 def check_layout(model: ModelConfig, parallel: ParallelConfig, cluster: ClusterConfig) -> None:
     """Cross-field checks of the parallel layout against the model and the allocation."""
     world = cluster.world_size
@@ -596,6 +718,8 @@ def register_configs() -> None:
     cs.store(name="rl_schema", node=RLConfig)
     cs.store(name="sft_schema", node=SFTConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="curate_schema", node=CurateConfig)
+    cs.store(name="sft_data_schema", node=SFTDataConfig)
     for group, node in (("model", ModelConfig), ("parallel", ParallelConfig),
                         ("rollout", RolloutConfig), ("prm", PRMConfig), ("algo", AlgoConfig),
                         ("data", DataConfig), ("cluster", ClusterConfig), ("run", RunConfig)):

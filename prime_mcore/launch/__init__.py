@@ -8,6 +8,7 @@ Python API (every call preflights first; nothing bad is queued)::
     job_id = launch.sbatch(plan)                        # queue <run_dir>/submit.sbatch
     job = launch.submit(rl, overrides)                  # submitit; job.result() = final metrics
     jobs = launch.submit_chain([(sft, o1), (rl, o2), (ev, o3)])   # afterok dependencies
+    jobs = launch.submit_array(launch.entry_point("curate"), overrides, 16)  # a job array
     metrics = launch.sweep(rl, ["run.seed=1,2", ...])   # hydra multirun, submitit launcher
 
 CLI: ``python -m prime_mcore.launch --help``. Job side (trainer entry points):
@@ -34,6 +35,7 @@ from prime_mcore.launch.submit import (
     sbatch,
     sbatch_chain,
     submit,
+    submit_array,
     submit_chain,
     sweep,
 )
@@ -44,6 +46,6 @@ __all__ = [
     "master_port",
     "run_cli", "run_entry", "run_main", "check_world", "requeue_requested",
     "Plan", "PreflightError", "plan_job", "preflight", "render_sbatch",
-    "TrainJob", "make_executor", "submit", "submit_chain", "plan_chain", "sbatch",
+    "TrainJob", "make_executor", "submit", "submit_array", "submit_chain", "plan_chain", "sbatch",
     "sbatch_chain", "plan_sweep", "sweep",
 ]

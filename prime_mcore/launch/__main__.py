@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from prime_mcore.launch.preflight import Plan, PreflightError, preflight
+from prime_mcore.launch.preflight import Plan, PreflightError, preflight, set_override
 from prime_mcore.launch.registry import ENTRY_POINTS, EntryPoint, entry_point
 from prime_mcore.launch.submit import plan_chain, plan_sweep, sbatch_chain, sweep
 
@@ -20,9 +20,12 @@ examples:
   python -m prime_mcore.launch submit chain cluster=slurm_gpu sft:run.name=a_sft \\
       rl:run.name=a_rl rl:model.load_path=runs/a_sft/checkpoints eval:run.name=a_eval
   python -m prime_mcore.launch sweep rl experiment=tiny_cpu cluster=slurm_cpu run.seed=1,2,3
+  python -m prime_mcore.launch submit curate --shards 16 cluster=slurm_gpu \
+      cluster.gpus_per_node=1 cluster.tasks_per_node=1 model.hf_path=/m data.train_files=[/d]
 
 submit checks the config (preflight), writes <run_dir>/config.yaml and <run_dir>/submit.sbatch,
-then queues submit.sbatch with sbatch (chain: each stage afterok the previous one). Overrides
+then queues submit.sbatch with sbatch (chain: each stage afterok the previous one; curate
+--shards N: a job array of N tasks, one shard each, the last one merging). Overrides
 of a chain prefixed with sft:, rl: or eval: apply to that stage only. sweep runs a hydra
 multirun on hydra-submitit-launcher and waits for the final metrics of every point.
 """
@@ -45,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                          "(must define main(cfg) and compose --config)")
         cmd.add_argument("--config", help="hydra config name (configs/<config>.yaml) instead "
                          "of the kind's")
+        cmd.add_argument("--shards", type=int, help="sharded kinds (curate): run as a job "
+                         "array of this many tasks, one shard each")
         cmd.add_argument("overrides", nargs="*", help="hydra overrides, e.g. run.max_steps=10")
     return parser
 
@@ -55,6 +60,8 @@ def _describe(plan: Plan) -> str:
     if parallel is not None:
         dp = cluster.world_size // (parallel.tp * parallel.pp)
         layout += f", tp={parallel.tp} pp={parallel.pp} dp={dp}"
+    if plan.array_size:
+        layout += f", job array of {plan.array_size} task(s)"
     return (f"{plan.entry.kind}: {layout}\n  config: {plan.config_path}\n"
             f"  sbatch: {plan.sbatch_path}")
 
@@ -70,6 +77,14 @@ def _entry(kind: str, args: argparse.Namespace) -> EntryPoint:
 
 
 def _submit(args: argparse.Namespace) -> None:
+    if args.shards is not None:
+        entry = _entry(args.kind, args) if args.kind != "chain" else None
+        if entry is None or entry.shards is None:
+            raise PreflightError(f"--shards applies to sharded kinds (curate), not {args.kind}")
+        if args.shards < 1:
+            raise PreflightError(f"--shards={args.shards} must be >= 1")
+        args.overrides = set_override(args.overrides, f"{entry.shards}.num_shards",
+                                      str(args.shards))
     if args.kind == "chain":
         plans = plan_chain([(_entry(k, args), _stage_overrides(k, args.overrides))
                             for k in CHAIN], require_slurm=True)
@@ -81,8 +96,9 @@ def _submit(args: argparse.Namespace) -> None:
         print("dry run: nothing queued")
         return
     for plan, job_id in zip(plans, sbatch_chain(plans), strict=True):
+        task = "_<task>" if plan.array_size else ""
         print(f"queued {plan.job_name} as job {job_id}; log: {plan.run_dir}/logs/"
-              f"{plan.job_name}-{job_id}.out")
+              f"{plan.job_name}-{job_id}{task}.out")
 
 
 def _sweep(args: argparse.Namespace) -> None:

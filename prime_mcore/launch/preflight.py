@@ -54,6 +54,13 @@ class Plan:
         return self.cfg.cluster
 
     @property
+    def array_size(self) -> int | None:
+        """Tasks of the job array (the entry's ``<shards>.num_shards``); None: a single job."""
+        if self.entry.shards is None:
+            return None
+        return getattr(getattr(self.cfg, self.entry.shards), "num_shards", None)
+
+    @property
     def sbatch_path(self) -> Path:
         return self.run_dir / "submit.sbatch"
 
@@ -162,7 +169,8 @@ def write_plan(plan: Plan) -> None:
     plan.config_path.write_text(OmegaConf.to_yaml(plan.resolved))
     plan.sbatch_path.write_text(render_sbatch(
         plan.entry, plan.cluster, plan.overrides, job_name=plan.job_name,
-        log_dir=plan.run_dir / "logs", root=repo_root(), python=sys.executable))
+        log_dir=plan.run_dir / "logs", root=repo_root(), python=sys.executable,
+        array_size=plan.array_size))
     plan.sbatch_path.chmod(0o755)
 
 

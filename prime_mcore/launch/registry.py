@@ -1,6 +1,6 @@
 """What can be launched: job kinds mapped to entry-point modules, their config and sbatch file.
 
-A job is named by its kind ("sft" | "rl" | "eval") plus hydra overrides. The kind selects the
+A job is named by its kind ("sft" | "rl" | "eval" | "curate") plus hydra overrides. The kind selects the
 module that ``srun`` starts (``python -m <module> <overrides>``), the hydra config the module
 composes (``configs/<config>.yaml``), and the sbatch file whose body the launcher renders into
 the run directory. Any importable module that follows the same contract can stand in for a
@@ -34,19 +34,24 @@ class EntryPoint:
     """One launchable job kind."""
 
     kind: str
-    """"sft", "rl" or "eval": names the job and selects the sbatch file."""
+    """"sft", "rl", "eval" or "curate": names the job and selects the sbatch file."""
     module: str
     """Module run as ``python -m <module> <overrides>`` on every rank; defines ``main(cfg)``."""
     config: str
     """Hydra config name under ``configs/`` that the module composes (``configs/<config>.yaml``)."""
     sbatch: str
     """The sbatch file under ``slurm/`` whose body is rendered into the run directory."""
+    shards: str | None = None
+    """Config section with ``num_shards`` / ``shard_index`` for kinds that run as a Slurm job
+    array (one task per shard, e.g. "curate"); None for single jobs."""
 
 
 ENTRY_POINTS: dict[str, EntryPoint] = {
     "sft": EntryPoint(kind="sft", module="prime_mcore.sft", config="sft", sbatch="sft.sbatch"),
     "rl": EntryPoint(kind="rl", module="prime_mcore.rl", config="rl", sbatch="prime_rl.sbatch"),
     "eval": EntryPoint(kind="eval", module="prime_mcore.eval", config="eval", sbatch="eval.sbatch"),
+    "curate": EntryPoint(kind="curate", module="prime_mcore.curate", config="curate",
+                         sbatch="curate.sbatch", shards="curate"),
 }
 
 

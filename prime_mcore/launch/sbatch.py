@@ -31,17 +31,22 @@ def slurm_time(minutes: int) -> str:
     return f"{days}-{clock}" if days else clock
 
 
-def sbatch_directives(cluster: ClusterConfig, job_name: str, log_dir: Path) -> list[str]:
-    """The #SBATCH lines for ``cluster``: one task per GPU (or per CPU rank), requeueable."""
+def sbatch_directives(cluster: ClusterConfig, job_name: str, log_dir: Path,
+                      array_size: int | None = None) -> list[str]:
+    """The #SBATCH lines for ``cluster``: one task per GPU (or per CPU rank), requeueable;
+    with ``array_size``, a job array of that many tasks (one log file per task)."""
     opts = [f"--job-name={job_name}", f"--nodes={cluster.nodes}",
             f"--ntasks-per-node={cluster.tasks_per_node}"]
+    if array_size:
+        opts.append(f"--array=0-{array_size - 1}")
     if cluster.gpus_per_node:
         opts.append(f"--gpus-per-node={cluster.gpus_per_node}")
     opts += [f"--cpus-per-task={cluster.cpus_per_task}",
              f"--mem={cluster.mem_gb}G" if cluster.mem_gb else "--mem=0",
              f"--time={slurm_time(cluster.time_min)}",
              f"--signal=B:USR2@{cluster.signal_delay_s}",
-             "--requeue", "--open-mode=append", f"--output={log_dir}/%x-%j.out"]
+             "--requeue", "--open-mode=append",
+             f"--output={log_dir}/%x-{'%A_%a' if array_size else '%j'}.out"]
     for flag, value in (("partition", cluster.partition), ("account", cluster.account),
                         ("qos", cluster.qos)):
         if value:
@@ -60,8 +65,10 @@ def _body(template: Path) -> str:
 
 
 def render_sbatch(entry: EntryPoint, cluster: ClusterConfig, overrides: Sequence[str], *,
-                  job_name: str, log_dir: Path, root: Path, python: str) -> str:
-    """The complete sbatch script of one job (see the module docstring)."""
+                  job_name: str, log_dir: Path, root: Path, python: str,
+                  array_size: int | None = None) -> str:
+    """The complete sbatch script of one job (see the module docstring); ``array_size``
+    makes it a job array (the tasks read SLURM_ARRAY_TASK_ID/COUNT)."""
     env = {"PRIME_MCORE_ROOT": str(root), "PRIME_SITE": cluster.site, "PRIME_PYTHON": python,
            "PRIME_MODULE": entry.module, "PRIME_MAX_REQUEUES": str(cluster.max_requeues)}
     args = " ".join(shlex.quote(o) for o in overrides)
@@ -70,7 +77,7 @@ def render_sbatch(entry: EntryPoint, cluster: ClusterConfig, overrides: Sequence
         f"# Rendered by prime_mcore.launch from the run's ClusterConfig and slurm/{entry.sbatch}.",
         "# This is the script that was queued; re-submit it by hand with `sbatch <this file>`",
         "# (extra arguments are appended to the hydra overrides below).",
-        *sbatch_directives(cluster, job_name, log_dir),
+        *sbatch_directives(cluster, job_name, log_dir, array_size),
         *(f"export {k}={shlex.quote(v)}" for k, v in env.items()),
         f'set -- {args} "$@"' if args else "",
         "",

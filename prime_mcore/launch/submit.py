@@ -30,7 +30,8 @@ from prime_mcore.launch.preflight import (
 from prime_mcore.launch.registry import EntryPoint, repo_root
 from prime_mcore.launch.sbatch import submit_sbatch
 
-__all__ = ["Stage", "make_executor", "submit", "submit_chain", "sbatch", "sbatch_chain",
+__all__ = ["Stage", "make_executor", "submit", "submit_array", "submit_chain", "sbatch",
+           "sbatch_chain",
            "plan_chain", "SweepPlan", "plan_sweep", "sweep"]
 
 Stage = tuple[EntryPoint, Sequence[str]]
@@ -86,6 +87,25 @@ def submit(entry: EntryPoint, overrides: Sequence[str], *,
     executor = make_executor(plan.cluster, plan.run_dir / "submitit", plan.job_name)
     _after(executor, [job.job_id for job in after])
     return executor.submit(TrainJob(plan.entry, plan.overrides))
+
+
+def submit_array(entry: EntryPoint, overrides: Sequence[str], num_shards: int) -> list[submitit.Job]:
+    """Check and queue a sharded job (``entry.shards``, e.g. curate) as ``num_shards`` tasks,
+    task i running shard i: one Slurm job array, or local processes with
+    ``cluster.backend=local``. Each task resumes its own shard; the last one to finish
+    merges. Returns the tasks' jobs (``job.result()``: that task's metrics)."""
+    if entry.shards is None:
+        raise PreflightError(f"{entry.kind} is not a sharded job kind")
+    if num_shards < 1:
+        raise PreflightError(f"num_shards={num_shards} must be >= 1")
+    section = entry.shards
+    plan = preflight(entry, set_override(overrides, f"{section}.num_shards", str(num_shards)))
+    executor = make_executor(plan.cluster, plan.run_dir / "submitit", plan.job_name)
+    executor.update_parameters(slurm_array_parallelism=num_shards)
+    with executor.batch():  # one sbatch --array on Slurm
+        jobs = [executor.submit(TrainJob(plan.entry, set_override(
+            plan.overrides, f"{section}.shard_index", str(i)))) for i in range(num_shards)]
+    return jobs
 
 
 def plan_chain(stages: Sequence[Stage], *, require_slurm: bool = False) -> list[Plan]:

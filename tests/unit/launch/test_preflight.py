@@ -117,7 +117,7 @@ def test_cli_help_documents_the_commands(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         cli.main(["submit", "--help"])
     text = capsys.readouterr().out
-    assert "{sft,rl,eval,chain}" in text and "--dry-run" in text and "overrides" in text
+    assert "{sft,rl,eval,curate,chain}" in text and "--dry-run" in text and "overrides" in text
 
 
 def test_cli_dry_run_chain_prints_every_stage(tmp_path: Path,

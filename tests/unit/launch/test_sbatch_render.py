@@ -88,8 +88,9 @@ def test_rendered_script_passes_the_overrides_to_srun_intact(tmp_path: Path) -> 
 def test_checked_in_sbatch_files_are_valid_bash_with_the_required_directives(path: Path) -> None:
     text = path.read_text()
     subprocess.run(["bash", "-n", str(path)], check=True)
+    log = "%x-%A_%a.out" if "#SBATCH --array=" in text else "%x-%j.out"  # one log per array task
     for line in ("#SBATCH --signal=B:USR2@120", "#SBATCH --requeue", "#SBATCH --open-mode=append",
-                 "#SBATCH --output=logs/%x-%j.out", 'trap requeue USR2',
+                 f"#SBATCH --output=logs/{log}", 'trap requeue USR2',
                  'scontrol requeue "$SLURM_JOB_ID"', 'kill -USR2 "$srun_pid"',
                  'source "slurm/env/${PRIME_SITE:-default}.sh"'):
         assert line in text, (path.name, line)
