@@ -1,0 +1,5 @@
+"""``python -m prime_mcore.demo``."""
+
+from prime_mcore.demo.runner import main
+
+main()

@@ -1,0 +1,71 @@
+"""``prime_mcore.demo``: the orchestration with the --quick settings (tiny model and splits:
+the numbers are meaningless, the plumbing is what is checked), and a failing stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prime_mcore import demo
+from prime_mcore.demo.arms import arm_dir, policy_updates, rl_config, sft_more_config
+from prime_mcore.demo.runner import StageFailed, run_child
+
+
+@pytest.mark.slow
+def test_quick_demo_table_matches_eval_files_and_rerun_skips(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "demo"
+    settings = demo.DemoSettings(out=out, seeds=(1, 2), quick=True, jobs=2)
+    results = demo.run_demo(settings)
+
+    table = (out / "results.md").read_text()
+    assert (out / "reward_curves.png").is_file() and (out / "eval_accuracy.png").is_file()
+    for arm in demo.ARMS:
+        assert len(results[arm]) == (1 if arm == "sft" else 2)
+        row = next(line for line in table.splitlines() if line.startswith(f"| {demo.LABELS[arm]} |"))
+        per_seed = row.split("|")[4].strip()
+        for rec in results[arm]:
+            saved = json.loads((arm_dir(settings, arm, rec["seed"]) / "eval.json").read_text())
+            assert saved["n"] == 24  # the quick test split, the same for every arm
+            assert 0.0 <= rec["accuracy"] <= 1.0
+            assert rec["accuracy"] == saved["accuracy"] == saved["correct"] / saved["n"]
+            assert rec["wall_s"] > 0 and rec["cpu_s"] > 0
+        assert per_seed == " / ".join(f"{100 * r['accuracy']:.1f}" for r in results[arm])
+    # every child wrote its log; RL runs wrote one metrics row per step
+    for seed in (1, 2):
+        for algo in ("rloo", "prime"):
+            assert (out / "logs" / f"{algo}_s{seed}.log").is_file()
+            rows = (out / f"{algo}_s{seed}" / "metrics.jsonl").read_text().splitlines()
+            assert [json.loads(r)["step"] for r in rows] == [1, 2]
+    # equal extra compute: the continued SFT took the RL arms' policy-update budget
+    assert {(r["steps"], r["batch"]) for r in results["sft_more"]} == \
+        {(r["steps"], r["batch"]) for r in results["prime"]}
+
+    capsys.readouterr()
+    again = demo.run_demo(settings)
+    printed = capsys.readouterr().out
+    assert printed.count("already trained, skipped") == 1 + 3 * 2
+    assert {a: [r["accuracy"] for r in again[a]] for a in demo.ARMS} == \
+        {a: [r["accuracy"] for r in results[a]] for a in demo.ARMS}
+
+
+def test_equal_compute_control_matches_the_rl_policy_updates(tmp_path: Path) -> None:
+    s = demo.DemoSettings(out=tmp_path)
+    rl = rl_config(s, "prime", 1)
+    steps, batch = policy_updates(rl)
+    responses = rl.data.train_batch_size * rl.rollout.n_samples
+    assert steps == rl.run.max_steps * rl.algo.ppo_epochs * responses // rl.algo.mini_batch_size
+    more = sft_more_config(s, 1)
+    assert (more.run.max_steps, more.sft.batch_size) == (steps, batch)
+    assert more.optim.lr == more.optim.min_lr  # continued at the SFT run's final, decayed LR
+    assert rl_config(s, "rloo", 1).run.max_steps == rl.run.max_steps
+
+
+def test_a_failing_stage_names_itself_and_quotes_its_log(tmp_path: Path) -> None:
+    s = demo.DemoSettings(out=tmp_path, quick=True)  # no SFT run: the RL arm has no start
+    with pytest.raises(StageFailed, match=r"demo stage rloo \(seed 1\) failed") as err:
+        run_child(s, "rloo", 1, 1)
+    assert str(tmp_path / "logs" / "rloo_s1.log") in str(err.value)
+    assert "Traceback" in str(err.value) or "Error" in str(err.value)
+    assert not (tmp_path / "rloo_s1" / "train.json").exists()
