@@ -37,6 +37,23 @@ def step_seconds(row: dict) -> float:
     return row["time/step"] - (row.get("time/eval") or 0.0) - (row.get("time/checkpoint") or 0.0)
 
 
+PHASES = ("rollout", "old_logprobs", "prm", "advantages", "policy_update", "weight_sync")
+
+
+def phase_table(rows: dict[str, dict[int, list[dict]]]) -> str:
+    """Mean seconds per step of every phase, over all seeds, RLOO next to PRIME."""
+    def mean(algo: str, key: str) -> float:
+        return statistics.fmean(r.get(key) or 0.0 for runs in rows[algo].values() for r in runs)
+
+    table = []
+    for phase in (*PHASES, "step"):
+        key = f"time/{phase}"
+        r, p = mean("rloo", key), mean("prime", key)
+        table.append((phase if phase != "step" else "**step (all phases)**", f"{r:.3f}",
+                      f"{p:.3f}", f"{p / r:.2f}" if r > 1e-3 else "-"))
+    return markdown_table(["phase (s per step)", "RLOO", "PRIME", "PRIME/RLOO"], table)
+
+
 def first_reach(curve: list[float], target: float) -> int | None:
     """1-based step at which ``curve`` first reaches ``target`` (None: never)."""
     return next((k + 1 for k, v in enumerate(curve) if v >= target), None)
@@ -82,6 +99,9 @@ def analyse(out: Path, seeds: tuple[int, ...]) -> tuple[str, dict]:
         + " (paper: 40%).",
         f"- Per-step time ratio PRIME/RLOO: **{ratio:.2f}** (per seed "
         f"{', '.join(f'{r:.2f}' for r in ratios)}; paper: 1.28).", "",
+        "Per phase (PRIME's `prm` phase holds the reference and PRM forwards and the PRM "
+        "update; the RLOO and PRIME runs of a seed ran at the same time):", "",
+        phase_table(rows), "",
         "![reward curves](prime_vs_rloo.png)", ""])
     plot(out, seeds, reward, smooth, mean)
     return text, {"fraction": frac, "ratio": ratio, "per_seed": per_seed}
@@ -117,9 +137,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--jobs", type=int, default=DemoSettings.jobs,
                         help="runs at once, one per process (0: one per CPU core)")
+    parser.add_argument("--analyse-only", action="store_true",
+                        help="only read the finished runs under --out (no training)")
     args = parser.parse_args()
     s = DemoSettings(out=args.out, seeds=tuple(range(1, args.seeds + 1)), quick=args.quick,
                      jobs=args.jobs)
+    if args.analyse_only:
+        text, _ = analyse(s.out, s.seeds)
+        (s.out / "prime_vs_rloo.md").write_text(text)
+        print(text)
+        return
     note = progress()
     run_sft(s, note)
     # PRIME and RLOO of a seed run side by side, so both see the same machine load

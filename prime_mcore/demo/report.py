@@ -42,8 +42,10 @@ def results_markdown(results: dict[str, list[dict]], total: dict[str, float]) ->
         f"- PRIME - RLOO at equal steps: **{dm:+.1f} ± {dsd:.1f} points** "
         f"(per seed: {', '.join(f'{d:+.1f}' for d in diffs)}; PRIME >= RLOO in "
         f"{sum(d >= 0 for d in diffs)}/{n} seeds).",
-        f"- This invocation: {total['wall_s']:.0f} s wall, {total['cpu_s']:.0f} s CPU "
-        "(skipped stages cost nothing).", "",
+        f"- Training of all runs: {sum(r['wall_s'] for a in ARMS for r in results[a]):.0f} s "
+        f"wall summed over runs ({sum(r['cpu_s'] for a in ARMS for r in results[a]):.0f} s "
+        f"CPU), evals excluded; this invocation: {total['wall_s']:.0f} s wall, "
+        f"{total['cpu_s']:.0f} s CPU (finished stages are skipped and cost nothing).", "",
         "![training reward](reward_curves.png) ![accuracy](eval_accuracy.png)", ""]
     return "\n".join(text)
 
