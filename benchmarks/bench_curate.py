@@ -45,7 +45,7 @@ def build_inputs(root: Path, num_problems: int) -> tuple[Path, Path]:
     torch.manual_seed(0)
     Qwen2ForCausalLM(cfg).save_pretrained(model_dir)
     data = root / "problems.parquet"
-    write_rl_parquet(to_rl_examples(generate_problems(0, num_problems)), data)
+    write_rl_parquet(to_rl_examples(generate_problems(0, num_problems), "train"), data)
     return model_dir, data
 
 
@@ -64,6 +64,10 @@ def run(backend: str, model: Path, data: Path, out: Path, args: argparse.Namespa
         "rollout.enforce_eager=true", f"curate.chunk_size={args.problems}",
         f"curate.min_correct={min(3, args.attempts)}", "curate.verifier_workers=2",
         f"run.output_dir={out}", f"run.name={backend}"]))
+    # The first construction in a process pays one-off costs (imports, kernel compilation)
+    # that run_curation's own construction then skips: warm up once, then time a second
+    # construction as the startup that run_curation pays.
+    Sampler(cfg.model, cfg.rollout).close()
     start = time.perf_counter()
     Sampler(cfg.model, cfg.rollout).close()  # startup alone (load, vLLM profiling/warm-up)
     startup = time.perf_counter() - start
