@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -124,6 +126,17 @@ def compare_logits(hf: Sequence[Tensor], mcore: Sequence[Tensor]) -> CheckReport
         kls.append((la.exp() * (la - lb)).sum(-1))
     kl = torch.cat(kls)
     return CheckReport(max_abs, float(kl.max()), float(kl.mean()), kl.numel(), len(hf))
+
+
+def convert_and_report(convert: Callable[[dict[str, int]], Path]) -> Path:
+    """Run ``convert(stats)`` (a pipeline call filling ``stats`` with bytes moved), then
+    print where it wrote, how long it took and how the bytes moved."""
+    start, stats = time.perf_counter(), {}
+    out = convert(stats)
+    mib = {k: v / 2**20 for k, v in stats.items()}
+    print(f"wrote {out} in {time.perf_counter() - start:.1f} s ({mib.get('copied', 0):.0f} MiB "
+          f"copied in the kernel, {mib.get('written', 0):.0f} MiB written)", flush=True)
+    return out
 
 
 def run(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from prime_mcore.convert.cli import hf_to_mcore_parser, run
+from prime_mcore.convert.cli import convert_and_report, hf_to_mcore_parser, run
 from prime_mcore.convert.pipeline import hf_to_dist
 
 
@@ -29,12 +28,9 @@ def convert(args: argparse.Namespace) -> None:
         def hook(tmp: Path) -> None:
             run_check(Path(args.hf), tmp)
 
-    start, stats = time.perf_counter(), {}
-    out = hf_to_dist(args.hf, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype,
-                     force=args.force, progress=True, before_publish=hook, stats=stats)
-    mib = {k: v / 2**20 for k, v in stats.items()}
-    print(f"wrote {out} in {time.perf_counter() - start:.1f} s ({mib.get('copied', 0):.0f} MiB "
-          f"copied in the kernel, {mib.get('written', 0):.0f} MiB written)", flush=True)
+    convert_and_report(lambda stats: hf_to_dist(
+        args.hf, args.out, tp=args.tp, pp=args.pp, dtype=args.dtype, force=args.force,
+        progress=True, before_publish=hook, stats=stats))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
