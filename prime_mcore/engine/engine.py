@@ -1,4 +1,4 @@
-"""The engine: one Megatron-Core model of one role, behind seven methods.
+"""The engine: one Megatron-Core model of one role, behind eight methods.
 
 Roles: "policy" and "prm" are trainable (each with its own DDP grad buffers, optimizer and LR
 schedule); "reference" is frozen (no DDP, no optimizer, ``requires_grad=False``, eval mode,
@@ -101,9 +101,27 @@ class Engine:
         (split over DP) and must divide B. Returns ``loss`` (sum / D), ``denominator`` (D),
         ``grad_norm`` (before clipping), ``lr`` and each ``loss_fn`` metric summed / D.
         """
+        return self._train(loss_fn, batch, micro_batch_size=micro_batch_size,
+                           normalizer=normalizer, temperature=temperature, keep_logp=False)[0]
+
+    def train_step_and_logprobs(self, loss_fn: LossFn, batch: Mapping[str, Tensor], *,
+                                micro_batch_size: int, normalizer: str,
+                                temperature: float = 1.0) -> tuple[dict[str, float], Tensor]:
+        """``train_step`` that also returns the log-probs [B, R] its forward computed, i.e.
+        with the weights BEFORE this step (identical on every rank, like ``logprobs``).
+
+        The PRM's single-forward update scores a mini-batch and trains on it; this gives the
+        scores from the training forward instead of a second, no-grad forward.
+        """
+        return self._train(loss_fn, batch, micro_batch_size=micro_batch_size,
+                           normalizer=normalizer, temperature=temperature, keep_logp=True)
+
+    def _train(self, loss_fn: LossFn, batch: Mapping[str, Tensor], *, micro_batch_size: int,
+               normalizer: str, temperature: float,
+               keep_logp: bool) -> tuple[dict[str, float], Tensor | None]:
         if self._optimizer is None or self._scheduler is None:
             raise RuntimeError(f"the {self.role} engine is frozen: it has no optimizer")
-        head = make_head(loss_fn, normalizer)
+        head = make_head(loss_fn, normalizer, keep_logp=keep_logp)
         micro, length = self._micro_batches(batch, micro_batch_size)
         if self.info.vpp and len(micro) % self.info.pp:
             raise ValueError(f"with parallel.vpp the {len(micro)} micro-batches per rank must be "
@@ -125,7 +143,12 @@ class Engine:
                 self._optimizer.step()
         metrics = reduce_metrics(kept, device=self.info.device)
         lr = self._optimizer.param_groups[0]["lr"]
-        return {**metrics, "grad_norm": float(grad_norm), "lr": float(lr)}
+        logp = None
+        if keep_logp:
+            local = torch.cat([k["_logp"] for k in kept]) if kept else None
+            logp = share_logprobs(local, rows=batch["input_ids"].shape[0],
+                                  width=batch["response_mask"].shape[1], device=self.info.device)
+        return {**metrics, "grad_norm": float(grad_norm), "lr": float(lr)}, logp
 
     def save(self, path: str | Path, *, step: int, user_data: dict[str, Any] | None = None) -> None:
         """Atomically write a checkpoint of model, optimizer, schedule and RNG to ``path``."""

@@ -47,8 +47,10 @@ NORMALIZERS = ("token", "sequence")
 RESERVED_METRICS = frozenset({"loss", "denominator", "grad_norm", "lr"})
 
 
-def make_head(loss_fn: LossFn, normalizer: str):  # type: ignore[no-untyped-def]
-    """Per-micro-batch head for ``run_schedule``: loss sum, its count, values to keep."""
+def make_head(loss_fn: LossFn, normalizer: str, *,  # type: ignore[no-untyped-def]
+              keep_logp: bool = False):
+    """Per-micro-batch head for ``run_schedule``: loss sum, its count, values to keep
+    (with ``keep_logp`` also the detached log-probs, as ``_logp``)."""
     if normalizer not in NORMALIZERS:
         raise ValueError(f"normalizer={normalizer!r} is not one of {list(NORMALIZERS)}")
 
@@ -69,6 +71,8 @@ def make_head(loss_fn: LossFn, normalizer: str):  # type: ignore[no-untyped-def]
                 for k, v in metrics.items()}
         kept["_loss"] = loss_sum.detach().double()
         kept["_count"] = count.detach().double()
+        if keep_logp:
+            kept["_logp"] = logp.detach()
         return loss_sum, count, kept
 
     return head

@@ -18,6 +18,7 @@ import torch
 from prime_mcore import algo
 from prime_mcore.data.schema import RLExample
 from prime_mcore.rollout import RolloutBackend, Sample, SamplingParams
+from prime_mcore.trainers.metrics import PhaseTimer
 
 
 @dataclass
@@ -95,6 +96,7 @@ class RolloutCollector:
         self.low, self.high, self.filter_groups = low, high, filter_groups
         self.filter_truncated = filter_truncated
         self.oversample, self.max_rounds = oversample_factor, max_rounds
+        self.timer = PhaseTimer()  # sub-phases of the loop's "rollout" phase
 
     def collect(self, step: int, seed: int) -> Collected:
         kept: list[tuple[int, list[Sample], list[float]]] = []
@@ -127,6 +129,7 @@ class RolloutCollector:
             "rollout/truncation_rate": counts["truncated"] / max(counts["responses"], 1),
             "train/accuracy": _mean_scores_seen(counts),
             **{f"verifier/{k}": float(v) for k, v in sorted(reasons.items())},
+            **self.timer.pop(total=False),
         }
         return Collected([g[0] for g in kept], [s for g in kept for s in g[1]], scores, metrics)
 
@@ -140,13 +143,15 @@ class RolloutCollector:
 
     def _generate_and_score(self, idx: list[int], *, seed: int, reasons: dict[str, int],
                             counts: dict[str, float]) -> list[tuple[int, list[Sample], list[float]]]:
-        out = self.backend.generate([self.prompt_ids(i) for i in idx], self.n,
-                                    self.sampling.replace(seed=seed))
-        items = []
-        for k, s in enumerate(out.samples):
-            ex = self.examples[idx[k // self.n]]
-            items.append((ex.ability, self.decode(s.token_ids), ex.ground_truth))
-        results = self.verifier(items)
+        with self.timer("rollout/generate"):
+            out = self.backend.generate([self.prompt_ids(i) for i in idx], self.n,
+                                        self.sampling.replace(seed=seed))
+        with self.timer("rollout/verify"):
+            items = []
+            for k, s in enumerate(out.samples):
+                ex = self.examples[idx[k // self.n]]
+                items.append((ex.ability, self.decode(s.token_ids), ex.ground_truth))
+            results = self.verifier(items)
         for r in results:
             key = str(getattr(r.reason, "value", r.reason))
             reasons[key] = reasons.get(key, 0) + 1

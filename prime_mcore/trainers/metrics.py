@@ -28,10 +28,13 @@ class PhaseTimer:
         finally:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
-    def pop(self) -> dict[str, float]:
-        """The step's timings as ``time/<phase>`` metrics plus ``time/step``; resets."""
+    def pop(self, *, total: bool = True) -> dict[str, float]:
+        """The step's timings as ``time/<phase>`` metrics, plus ``time/step`` (their sum) when
+        ``total``; resets. Sub-phases (``"prm/update"``) are timed by their own timer and
+        popped with ``total=False``, so the step's sum counts each second once."""
         out = {f"time/{k}": v for k, v in self.seconds.items()}
-        out["time/step"] = sum(self.seconds.values())
+        if total:
+            out["time/step"] = sum(self.seconds.values())
         self.seconds = {}
         return out
 

@@ -3,7 +3,8 @@
 PRM update variants (spec 3.3) are separate objects chosen at construction, never flags
 inside the loop:
 - ``PRMAfter`` (single forward, the paper's default): mini-batch k is scored by the PRM
-  after k-1 of this step's updates, then trained; its rewards are those scores.
+  after k-1 of this step's updates, then trained; its rewards are those scores, taken from
+  the training forward itself (no separate scoring forward).
 - ``PRMBefore`` (double forward): train on all mini-batches, then score with a fresh forward.
 - ``PRMFrozen`` ("none"): score only (the offline-PRM ablation).
 - ``OutcomeOnly``: no PRM at all, the outcome-only RLOO baseline.
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 from prime_mcore import algo
+from prime_mcore.trainers.metrics import PhaseTimer
 
 Batch = Mapping[str, Tensor]
 
@@ -84,14 +86,17 @@ class ImplicitPRM:
         self.group_size = group_size
         self.mini, self.micro = mini_batch_size, micro_batch_size
         self.use_policy_as_ref = use_policy_as_ref
+        self.timer = PhaseTimer()  # sub-phases of the loop's "prm" phase, reported per step
 
     def ref_logprobs(self, batch: Batch) -> Tensor:
         if self.use_policy_as_ref:  # ref_type "policy": old policy log-probs are the reference
             return batch["logp_old"]
-        return self.reference.logprobs(batch, micro_batch_size=self.micro)
+        with self.timer("prm/ref_forward"):
+            return self.reference.logprobs(batch, micro_batch_size=self.micro)
 
     def logprobs(self, batch: Batch) -> Tensor:
-        return self.engine.logprobs(batch, micro_batch_size=self.micro)
+        with self.timer("prm/forward"):
+            return self.engine.logprobs(batch, micro_batch_size=self.micro)
 
     def _loss_fn(self, logp: Tensor, mb: dict[str, Tensor]):
         loss = algo.prm_ce_loss(logp, mb["logp_ref"], mb["response_mask"], mb["scores"],
@@ -99,8 +104,21 @@ class ImplicitPRM:
         return loss * logp.shape[0], {}  # BCE mean over responses -> sum; engine divides by B
 
     def train_minibatch(self, mb: Batch) -> dict[str, float]:
-        m = self.engine.train_step(self._loss_fn, mb, micro_batch_size=self.micro,
-                                   normalizer="sequence", temperature=1.0)
+        with self.timer("prm/update"):
+            m = self.engine.train_step(self._loss_fn, mb, micro_batch_size=self.micro,
+                                       normalizer="sequence", temperature=1.0)
+        return self._metrics(m)
+
+    def score_and_train(self, mb: Batch) -> tuple[Tensor, dict[str, float]]:
+        """log pi_prm of ``mb`` before this update (from the training forward), then train."""
+        with self.timer("prm/update"):
+            m, logp = self.engine.train_step_and_logprobs(
+                self._loss_fn, mb, micro_batch_size=self.micro, normalizer="sequence",
+                temperature=1.0)
+        return logp, self._metrics(m)
+
+    @staticmethod
+    def _metrics(m: dict[str, float]) -> dict[str, float]:
         return {"prm/ce_loss": m["loss"], "prm/grad_norm": m["grad_norm"], "prm/lr": m["lr"]}
 
     def minibatches(self, rows: int) -> list[slice]:
@@ -120,7 +138,7 @@ class ImplicitPRM:
 def _finish(prm: ImplicitPRM, batch: Batch, logp_prm: Tensor, logs: list[dict]) -> tuple:
     mask = batch["response_mask"].bool()
     rm = prm.rewards(logp_prm, batch["logp_ref"], mask)
-    metrics = _mean(logs)
+    metrics = {**_mean(logs), **prm.timer.pop(total=False)}
     metrics["prm/dpo_acc"] = algo.dpo_accuracy(rm, batch["scores"], mask,
                                                group_size=prm.group_size)
     metrics["prm/reward_mean"] = float(algo.masked_mean(rm, mask))
@@ -137,9 +155,9 @@ class PRMAfter:
         batch["logp_ref"] = self.prm.ref_logprobs(batch)
         parts, logs = [], []
         for sl in self.prm.minibatches(batch["input_ids"].shape[0]):
-            mb = slice_rows(batch, sl)
-            parts.append(self.prm.logprobs(mb))
-            logs.append(self.prm.train_minibatch(mb))
+            logp, metrics = self.prm.score_and_train(slice_rows(batch, sl))
+            parts.append(logp)
+            logs.append(metrics)
         return _finish(self.prm, batch, torch.cat(parts), logs)
 
 

@@ -76,6 +76,8 @@ def reference(out: Path) -> None:
         for norm, loss_fn in LOSSES.items():
             engine = _engine(arch, ParallelConfig())
             engine.load(root / "init")
+            if norm == "sequence":  # the log-probs train_step_and_logprobs must return
+                ref["train_logp"] = engine.logprobs(train[0], micro_batch_size=4)
             for step, batch in enumerate(train[:STEPS[norm]]):
                 ref[f"{norm}/metrics/{step}"] = engine.train_step(
                     loss_fn, batch, micro_batch_size=4, normalizer=norm)
@@ -107,7 +109,12 @@ def _compare_layout(name: str, arch: str, out: Path, source: str, results: dict)
         engine = _engine(arch, parallel)  # fresh optimizer: the same state as the checkpoint's
         engine.load_state(init.items())
         for step, batch in enumerate(train[:STEPS[norm]]):
-            metrics = engine.train_step(loss_fn, batch, micro_batch_size=4, normalizer=norm)
+            if norm == "sequence" and step == 0:  # the PRM's single-forward step
+                metrics, logp = engine.train_step_and_logprobs(
+                    loss_fn, batch, micro_batch_size=4, normalizer=norm)
+                results[f"{key}/train_logprobs"] = float((logp - ref["train_logp"]).abs().max())
+            else:
+                metrics = engine.train_step(loss_fn, batch, micro_batch_size=4, normalizer=norm)
             want = ref[f"{norm}/metrics/{step}"]
             results[f"{key}/{norm}/step{step}/metrics"] = max(
                 abs(metrics[k] - want[k]) for k in ("loss", "grad_norm", "lr", "clipfrac"))

@@ -7,6 +7,8 @@ against them:
 - log-probs after loading the world-1 checkpoint (tolerance 1e-5);
 - train steps on the same global batches (2 with the token normalizer, 1 with the sequence
   one): loss, grad norm, lr and the loss_fn metric, and every full weight after each (1e-5);
+  the sequence step runs as ``train_step_and_logprobs``, whose log-probs must equal the
+  world-1 ``logprobs`` of that batch before the step (1e-5);
 - resume: a step-1 checkpoint saved at one layout (with optimizer state), loaded at this
   one, trained one more step, against the uninterrupted world-1 run (1e-6).
 """
@@ -27,7 +29,7 @@ pytestmark = pytest.mark.dist
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("_worker_engine.py")
-TOLERANCE = {"logprobs": 1e-5, "metrics": 1e-5, "weights": 1e-5, "resume": 1e-6}
+TOLERANCE = {"logprobs": 1e-5, "train_logprobs": 1e-5, "metrics": 1e-5, "weights": 1e-5, "resume": 1e-6}
 GROUPS = {2: ["tp2", "pp2", "pp2vpp2", "dp2_plain"], 4: ["tp2pp2", "dp2pp2"]}
 
 
@@ -48,7 +50,7 @@ def _expected_keys(layouts: list[str]) -> set[str]:
         kwargs, archs = LAYOUTS[name]
         for arch in archs:
             base = f"{name}/{arch}"
-            keys.add(f"{base}/logprobs")
+            keys.update({f"{base}/logprobs", f"{base}/train_logprobs"})
             keys.update(f"{base}/{norm}/step{step}/{kind}" for norm, steps in STEPS.items()
                         for step in range(steps) for kind in ("metrics", "weights"))
             resumed_from = source[arch] if kwargs.get("use_distributed_optimizer", True) else name

@@ -171,3 +171,19 @@ def test_activation_recompute_gives_the_same_step():
     for recompute in ("selective", "full"):
         assert all(torch.allclose(weights[recompute][k], weights[None][k], rtol=0, atol=1e-7)
                    for k in weights[None])
+
+
+def test_train_step_and_logprobs_returns_the_forward_before_the_update():
+    batch = make_batch(rows=8, prompt=6, response=8, seed=4)
+    engine, twin = _policy(), _policy()
+    before = engine.logprobs(batch, micro_batch_size=8)
+    metrics, logp = engine.train_step_and_logprobs(token_loss, batch, micro_batch_size=4,
+                                                   normalizer="token")
+    assert logp.shape == before.shape
+    assert float((logp - before).abs().max()) < 1e-6
+    assert float((engine.logprobs(batch, micro_batch_size=8) - before).abs().max()) > 1e-5
+    # the same step as train_step: same metrics, same weights
+    expected = twin.train_step(token_loss, batch, micro_batch_size=4, normalizer="token")
+    assert metrics == pytest.approx(expected, rel=1e-6)
+    w, t = dict(engine.export_weights()), dict(twin.export_weights())
+    assert max(float((w[k] - t[k]).abs().max()) for k in w) == 0.0
