@@ -37,7 +37,10 @@ from prime_mcore.engine.parallel import (  # noqa: E402
     destroy_distributed,
     init_distributed,
 )
+from prime_mcore.engine.rope import enable_fast_rope  # noqa: E402
 from prime_mcore.engine.train_step import NORMALIZERS, LossFn  # noqa: E402
+
+enable_fast_rope()  # Megatron's unfused RoPE without its per-layer cos/sin (rope.py)
 
 __all__ = [
     "ROLES",
