@@ -6,7 +6,9 @@ Every run is a fresh ``prime_mcore.rl`` process on the built-in task with identi
 filter so every run does the same work, 4 policy and 4 PRM mini-batches per step, as in the
 paper's 256-prompt / 256-mini-batch setup). Mean seconds per phase over the steps after the
 warm-up ones, from each run's metrics.jsonl (eval and checkpoint are not part of a step).
-Runs go one at a time with all cores; the runs compared in one ratio run back to back.
+Runs go one at a time with all cores; the runs compared in one ratio run back to back, and
+with ``--repeat N`` every run is repeated N times, interleaved, and each phase reports the
+median over the repeats (other jobs on a shared machine move single runs by 30% or more).
 
 Tables printed:
 1. per phase, RLOO vs PRIME for each backend, and PRIME/RLOO (the paper: 1.28; #9 target
@@ -17,7 +19,7 @@ Tables printed:
    .venv), before/after per phase.
 
     .venv/bin/python benchmarks/bench_rl_step.py [--steps 6] [--warmup 2]
-        [--backends hf,vllm] [--before 6852fe9] [--quick] [--out runs/bench_rl_step]
+        [--backends hf,vllm] [--before 6852fe9] [--repeat 1] [--quick] [--out runs/bench_rl_step]
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out")
     parser.add_argument("--backends", default="hf,vllm")
     parser.add_argument("--before", metavar="REV", help="also run a git worktree of REV")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each setting, interleaved; per-phase medians")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--quick", action="store_true", help="short responses, 8 prompts")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_rl_step")
@@ -124,22 +128,27 @@ def main() -> None:
     trees = {"now": ROOT}
     if args.before:
         trees["before"] = worktree(args.before)
-    times: dict[str, dict[str, float]] = {}
+    runs: dict[str, list[dict[str, float]]] = {}
     try:
         for backend in args.backends.split(","):
-            for algo in ("rloo", "prime"):
-                for tag, tree in trees.items():
-                    name = f"{algo}_{backend}_{tag}"
-                    rows = run_loop(tree, out, name, [*base, f"algo={algo}",
-                                                      f"rollout.backend={backend}"], args.threads)
-                    times[name] = phase_means(rows, args.warmup)
+            for rep in range(args.repeat):
+                for algo in ("rloo", "prime"):
+                    for tag, tree in trees.items():
+                        name = f"{algo}_{backend}_{tag}"
+                        rows = run_loop(tree, out, f"{name}_r{rep}",
+                                        [*base, f"algo={algo}", f"rollout.backend={backend}"],
+                                        args.threads)
+                        runs.setdefault(name, []).append(phase_means(rows, args.warmup))
     finally:
         if "before" in trees:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
                             str(trees["before"])], check=False, capture_output=True)
+    times = {name: {p: statistics.median(r[p] for r in reps) for p in reps[0]}
+             for name, reps in runs.items()}
     backends = args.backends.split(",")
     text = [f"# RL step time per phase ({args.steps} steps, first {args.warmup} left out, "
-            f"{args.threads} threads{', quick' if args.quick else ''})", ""]
+            f"{args.threads} threads, median of {args.repeat} run(s) each"
+            f"{', quick' if args.quick else ''})", ""]
     for b in backends:
         text += [f"## PRIME vs RLOO, {b} rollouts", "",
                  algo_table(times, f"rloo_{b}_now", f"prime_{b}_now", ("RLOO", "PRIME")), ""]

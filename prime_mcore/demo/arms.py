@@ -19,6 +19,7 @@ this module only derives the arms from them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import time
@@ -239,6 +240,52 @@ def run_rl_arm(s: DemoSettings, algo: str, seed: int) -> dict:
 
 
 
+def arm_config(s: DemoSettings, arm: str, seed: int) -> Any:
+    """The typed training config of one arm."""
+    if arm == "sft":
+        return sft_config(s)
+    if arm == "sft_more":
+        return sft_more_config(s, seed)
+    if arm in ("rloo", "prime"):
+        return rl_config(s, arm, seed)
+    raise ValueError(f"unknown demo arm {arm!r}; expected one of {list(ARMS)}")
+
+
+SETTINGS_FILE = "demo_settings.json"
+
+
+class StaleRun(RuntimeError):
+    """An arm's directory holds a run trained with other settings."""
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if dataclasses.is_dataclass(obj):
+        obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.loads(json.dumps(obj, default=str))}
+
+
+def check_settings(s: DemoSettings, arm: str, seed: int) -> None:
+    """Record an arm's full config on first use; afterwards refuse to reuse or resume its
+    directory under other settings (a finished arm is otherwise skipped by directory)."""
+    d = arm_dir(s, arm, seed)
+    current = _flat(arm_config(s, arm, seed))
+    saved = _read(d / SETTINGS_FILE)
+    if saved is None:
+        _write(d / SETTINGS_FILE, current)
+        return
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if changed:
+        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:6])
+        more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        raise StaleRun(f"{d} was trained with other settings ({diff}{more}); delete that "
+                       f"directory or pass another --out")
+
+
 def arm_dir(s: DemoSettings, arm: str, seed: int) -> Path:
     """Where an arm's run (checkpoints, metrics, train.json, eval.json) lives."""
     return s.out / ("sft" if arm == "sft" else f"{arm}_s{seed}")
@@ -255,6 +302,7 @@ def finished(s: DemoSettings, arm: str, seed: int) -> dict | None:
 
 def run_stage(s: DemoSettings, arm: str, seed: int) -> dict:
     """Train and score one arm in this process."""
+    check_settings(s, arm, seed)
     if arm == "sft":
         rec = run_sft_arm(s)
     elif arm == "sft_more":

@@ -27,6 +27,7 @@ from prime_mcore.demo.arms import (
     DemoSettings,
     _write,
     arm_dir,
+    check_settings,
     finished,
     run_stage,
     stopwatch,
@@ -56,6 +57,7 @@ class StageFailed(RuntimeError):
 
 def run_child(s: DemoSettings, arm: str, seed: int, threads: int) -> dict:
     """Run one arm in a child process (skipped when already finished); returns its record."""
+    check_settings(s, arm, seed)
     done = finished(s, arm, seed)
     if done is not None:
         print(f"[demo]   {arm_dir(s, arm, seed).name}: already trained, skipped", flush=True)

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from prime_mcore import demo
-from prime_mcore.demo.arms import arm_dir, policy_updates, rl_config, sft_more_config
+from prime_mcore.demo.arms import (
+    StaleRun,
+    arm_dir,
+    check_settings,
+    policy_updates,
+    rl_config,
+    sft_more_config,
+)
 from prime_mcore.demo.runner import StageFailed, run_child
 
 
@@ -69,3 +76,22 @@ def test_a_failing_stage_names_itself_and_quotes_its_log(tmp_path: Path) -> None
     assert str(tmp_path / "logs" / "rloo_s1.log") in str(err.value)
     assert "Traceback" in str(err.value) or "Error" in str(err.value)
     assert not (tmp_path / "rloo_s1" / "train.json").exists()
+
+
+def test_a_run_dir_is_not_reused_under_other_settings(tmp_path: Path) -> None:
+    s = demo.DemoSettings(out=tmp_path, quick=True)
+    check_settings(s, "prime", 1)  # first use records the settings
+    saved = json.loads((tmp_path / "prime_s1" / "demo_settings.json").read_text())
+    assert saved["prm.beta"] == 0.05 and saved["run.seed"] == 1
+    check_settings(s, "prime", 1)  # the same settings: reusable
+    changed = demo.DemoSettings(out=tmp_path, quick=True, rl_overrides=["prm.beta=0.5"])
+    with pytest.raises(StaleRun, match=r"prime_s1 was trained with other settings "
+                                       r"\(prm\.beta: 0\.05 -> 0\.5\)"):
+        check_settings(changed, "prime", 1)
+    # the continued-SFT control derives its budget from the RL settings: it is stale too
+    check_settings(s, "sft_more", 1)
+    with pytest.raises(StaleRun, match=r"sft_more_s1 .*run\.max_steps: 2 -> 4"):
+        check_settings(demo.DemoSettings(out=tmp_path, quick=True,
+                                         rl_overrides=["run.max_steps=4"]), "sft_more", 1)
+    with pytest.raises(StaleRun, match="other settings"):  # the orchestrator checks too
+        run_child(changed, "prime", 1, 1)
