@@ -87,8 +87,9 @@ class PrimeTrainer:
             collected = broadcast(lp.collector.collect(step, lp.seed) if is_rank0() else None)
             lp.source.load_state_dict(broadcast(lp.source.state_dict()))
             batch = self.to_batch(collected)
-        with t("old_logprobs"):
-            batch["logp_old"] = lp.policy.logprobs(batch)
+        with t("old_logprobs"):  # None: the single policy update's own forward gives them
+            old = lp.policy.old_logprobs(batch, needed_now=lp.prm_update.needs_old_logprobs)
+            batch.update({} if old is None else {"logp_old": old})
         with t("prm"):
             rm_scores, prm_metrics = lp.prm_update(batch)
         with t("advantages"):

@@ -46,9 +46,24 @@ class Policy:
         return self.engine.logprobs(batch, micro_batch_size=self.micro,
                                     temperature=self.temperature)
 
+    def single_update(self, rows: int) -> bool:
+        """Whether the step is one optimizer step on all ``rows`` (one epoch, one
+        mini-batch): its training forward then runs at the rollout weights, so it gives
+        the old log-probs itself and a separate forward for them would be redundant."""
+        return self.epochs == 1 and self.mini >= rows
+
+    def old_logprobs(self, batch: Batch, *, needed_now: bool) -> Tensor | None:
+        """log pi_old, or None when ``update`` will take them from its own forward
+        (``single_update``) and nothing needs them before (``needed_now``)."""
+        if not needed_now and self.single_update(batch["input_ids"].shape[0]):
+            return None
+        return self.logprobs(batch)
+
     def _loss_fn(self, logp: Tensor, mb: dict[str, Tensor]):
         mask = mb["response_mask"].bool()
-        loss, m = algo.ppo_policy_loss(logp, mb["logp_old"], mb["advantages"], mask,
+        # without precomputed old log-probs this is the single update: old = this forward
+        old = mb["logp_old"] if "logp_old" in mb else logp.detach()
+        loss, m = algo.ppo_policy_loss(logp, old, mb["advantages"], mask,
                                        clip_eps=self.clip_eps, dual_clip=self.dual_clip,
                                        agg=self.agg)
         # the engine divides sums by the global token (or sequence) count: undo the mean here
@@ -56,19 +71,28 @@ class Policy:
         metrics = {f"policy/{k}": v * count for k, v in m.items()}
         return loss * count, metrics
 
-    def update(self, batch: Batch, *, seed: int) -> dict[str, float]:
-        """PPO epochs over shuffled mini-batches of rows (advantages are already final)."""
+    def update(self, batch: dict[str, Tensor], *, seed: int) -> dict[str, float]:
+        """PPO epochs over shuffled mini-batches of rows (advantages are already final).
+        Without ``batch["logp_old"]`` (see ``old_logprobs``) it fills them in from the
+        single update's forward."""
         rows = batch["input_ids"].shape[0]
         normalizer = "token" if self.agg == "token-mean" else "sequence"
+        kw = dict(micro_batch_size=self.micro, normalizer=normalizer,
+                  temperature=self.temperature)
         results = []
         gen = torch.Generator().manual_seed(seed)
         for _ in range(self.epochs):
             order = torch.randperm(rows, generator=gen) if self.shuffle else torch.arange(rows)
             for start in range(0, rows, self.mini):
-                mb = slice_rows(batch, order[start:start + self.mini])
-                results.append(self.engine.train_step(
-                    self._loss_fn, mb, micro_batch_size=self.micro, normalizer=normalizer,
-                    temperature=self.temperature))
+                rows_mb = order[start:start + self.mini]
+                mb = slice_rows(batch, rows_mb)
+                if "logp_old" in batch:
+                    results.append(self.engine.train_step(self._loss_fn, mb, **kw))
+                    continue
+                assert self.single_update(rows), "old log-probs missing for a multi-step update"
+                metrics, logp = self.engine.train_step_and_logprobs(self._loss_fn, mb, **kw)
+                batch["logp_old"] = torch.empty_like(logp).index_copy_(0, rows_mb, logp)
+                results.append(metrics)
         out = _mean(results)
         return {("policy/" + k if not k.startswith("policy/") else k): v for k, v in out.items()}
 
@@ -145,11 +169,18 @@ def _finish(prm: ImplicitPRM, batch: Batch, logp_prm: Tensor, logs: list[dict]) 
     return rm, metrics
 
 
-class PRMAfter:
-    """Single forward (spec 3.3 "after"): score mini-batch k, then train on it."""
-
+class _PRMUpdate:
     def __init__(self, prm: ImplicitPRM) -> None:
         self.prm = prm
+
+    @property
+    def needs_old_logprobs(self) -> bool:
+        """ref_type "policy" reads the old policy log-probs before the policy update."""
+        return self.prm.use_policy_as_ref
+
+
+class PRMAfter(_PRMUpdate):
+    """Single forward (spec 3.3 "after"): score mini-batch k, then train on it."""
 
     def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, dict[str, float]]:
         batch["logp_ref"] = self.prm.ref_logprobs(batch)
@@ -161,11 +192,8 @@ class PRMAfter:
         return _finish(self.prm, batch, torch.cat(parts), logs)
 
 
-class PRMBefore:
+class PRMBefore(_PRMUpdate):
     """Double forward (spec 3.3 "before"): update on every mini-batch, then re-score."""
-
-    def __init__(self, prm: ImplicitPRM) -> None:
-        self.prm = prm
 
     def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, dict[str, float]]:
         batch["logp_ref"] = self.prm.ref_logprobs(batch)
@@ -174,11 +202,8 @@ class PRMBefore:
         return _finish(self.prm, batch, self.prm.logprobs(batch), logs)
 
 
-class PRMFrozen:
+class PRMFrozen(_PRMUpdate):
     """No PRM update (the offline-PRM ablation): rewards from the current PRM only."""
-
-    def __init__(self, prm: ImplicitPRM) -> None:
-        self.prm = prm
 
     def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, dict[str, float]]:
         batch["logp_ref"] = self.prm.ref_logprobs(batch)
@@ -189,6 +214,7 @@ class OutcomeOnly:
     """The outcome-only RLOO baseline: no process rewards."""
 
     prm = None
+    needs_old_logprobs = False
 
     def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor | None, dict[str, float]]:
         return None, {}
