@@ -48,7 +48,9 @@ RUN = ["experiment=tiny_cpu", "model=demo_qwen2", "data.builtin_num_train=2000",
        "algo.max_refill_rounds=1",
        "algo.mini_batch_size=16", "algo.micro_batch_size=16",
        "prm.mini_batch_size=16", "prm.micro_batch_size=16",
-       "run.save_every=1000", "run.eval_every=1000", "run.resume=false"]
+       "run.save_every=1000", "run.eval_every=1000", "run.resume=false",
+       # vLLM on CPU: eager, and a KV cache sized to the batch (its default takes GiBs)
+       "rollout.enforce_eager=true", f"rollout.kv_cache_memory_bytes={256 << 20}"]
 QUICK = ["rollout.max_response_length=48", "data.train_batch_size=8",
          "algo.mini_batch_size=8", "algo.micro_batch_size=8",
          "prm.mini_batch_size=8", "prm.micro_batch_size=8"]

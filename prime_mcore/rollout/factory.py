@@ -8,14 +8,23 @@ from typing import Any
 from prime_mcore.config import RolloutConfig
 from prime_mcore.rollout.base import RolloutBackend
 
+VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
-def make_backend(cfg: RolloutConfig, model_path: str | os.PathLike[str],
-                 **kwargs: Any) -> RolloutBackend:
+
+def make_backend(cfg: RolloutConfig, model_path: str | os.PathLike[str], *,
+                 params_dtype: str | None = None, **kwargs: Any) -> RolloutBackend:
     """``cfg.backend`` "vllm" -> ``VLLMBackend.from_config``; "hf" -> ``HFBackend`` loaded
-    from the same checkpoint directory. ``kwargs`` go to the backend's constructor."""
+    from the same checkpoint directory. ``kwargs`` go to the backend's constructor.
+
+    ``params_dtype`` ("fp32"/"bf16", the trainer's ``model.params_dtype``) makes vLLM generate
+    in the trainer's precision: left to itself vLLM downcasts an fp32 checkpoint to bf16,
+    which widens the rollout/trainer log-prob gap and, on CPUs without bf16 units, is
+    several times slower than fp32."""
     if cfg.backend == "vllm":
         from prime_mcore.rollout.vllm_backend import VLLMBackend
 
+        if params_dtype is not None:
+            kwargs.setdefault("dtype", VLLM_DTYPES[params_dtype])
         return VLLMBackend.from_config(model_path, cfg, **kwargs)
     if cfg.backend == "hf":
         from prime_mcore.rollout.hf_backend import HFBackend

@@ -38,7 +38,8 @@ class RolloutSide:
                             tokenizer_dir=tokenizer_dir, base_config=hf_special_ids(tokenizer),
                             force=True)
         barrier()
-        self.backend = make_backend(cfg.rollout, init_dir) if is_rank0() else None
+        self.backend = (make_backend(cfg.rollout, init_dir, params_dtype=cfg.model.params_dtype)
+                        if is_rank0() else None)
         self.pool = VerifierPool(verifier_workers) if is_rank0() else None
 
     def verify(self, items: list[tuple[str, str, str]]) -> list:
