@@ -9,6 +9,7 @@ it like any Qwen tokenizer.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,21 @@ def save_tokenizer(tok: Any, out_dir: str | Path) -> Path:
     return out
 
 
-def load_tokenizer(path: str | Path) -> Any:
-    """Load a tokenizer folder (built-in or any HF one, e.g. Qwen2.5's)."""
-    from transformers import AutoTokenizer
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
+
+def load_tokenizer(path: str | Path) -> Any:
+    """Load a tokenizer folder (built-in or any HF one, e.g. Qwen2.5's).
+
+    A folder saved by ``save_tokenizer`` (tokenizer class "TokenizersBackend") loads as
+    exactly its tokenizer.json. ``AutoTokenizer`` would not: next to a model config.json (an
+    HF export of a qwen2 policy) it picks Qwen2Tokenizer, which swaps in Qwen2's
+    pre-tokenizer and splits the built-in task's ``[ACTION]`` markers differently."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(path) / "tokenizer_config.json"
+    if config.is_file():
+        cls = json.loads(config.read_text()).get("tokenizer_class")
+        if cls in GENERIC_TOKENIZER_CLASSES:
+            return PreTrainedTokenizerFast.from_pretrained(str(path))
     return AutoTokenizer.from_pretrained(str(path))

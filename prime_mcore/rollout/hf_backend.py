@@ -87,10 +87,12 @@ class HFBackend:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32,
                         device: str | torch.device = "cpu", **kwargs: Any) -> HFBackend:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from prime_mcore.data.tokenizer import load_tokenizer
 
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
-        return cls(model, AutoTokenizer.from_pretrained(str(path)), **kwargs)
+        return cls(model, load_tokenizer(path), **kwargs)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()

@@ -95,3 +95,22 @@ def test_math_prompt_with_system_prompt_still_encodes(built):
     ids = tok.apply_chat_template(build_messages("What is 2+2?", "math"),
                                   add_generation_prompt=True, return_dict=False)
     assert tok.decode(ids).startswith("<|im_start|>system\n\nWhen tackling")
+
+
+def test_loads_the_same_next_to_a_qwen2_model_config(built, rows, tmp_path):
+    """An HF export of the policy holds the tokenizer next to a qwen2 config.json; it must
+    still tokenize like the tokenizer it was copied from (AutoTokenizer alone picks
+    Qwen2Tokenizer there, whose pre-tokenizer splits the [ACTION] markers differently)."""
+    import json
+    import shutil
+
+    _, tok_dir = built
+    export = tmp_path / "export"
+    shutil.copytree(tok_dir, export)
+    (export / "config.json").write_text(json.dumps({"model_type": "qwen2",
+                                                    "architectures": ["Qwen2ForCausalLM"]}))
+    plain, exported = load_tokenizer(tok_dir), load_tokenizer(export)
+    texts = [r.response for r in rows[:100]]
+    assert [exported.encode(t) for t in texts] == [plain.encode(t) for t in texts]
+    assert exported.apply_chat_template(rows[0].prompt, tokenize=False) == \
+        plain.apply_chat_template(rows[0].prompt, tokenize=False)
