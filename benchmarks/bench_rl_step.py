@@ -13,7 +13,8 @@ median over the repeats (other jobs on a shared machine move single runs by 30% 
 Tables printed:
 1. per phase, RLOO vs PRIME for each backend, and PRIME/RLOO (the paper: 1.28; #9 target
    <= 1.25). Sub-phases: rollout = generate + verify (+ filtering, tokenizing); PRIME's
-   ``prm`` = reference forward + PRM forward + PRM update (forward+backward+step).
+   ``prm`` = reference forward + PRM update (forward+backward+step; with prm.update=after
+   its forward gives the scores) + a separate PRM forward only for "before"/"none".
 2. the rollout phase and the whole step with vLLM vs HF (same loop, same settings).
 3. with ``--before REV``: the same PRIME/RLOO runs from a git worktree of REV (the same
    .venv), before/after per phase.

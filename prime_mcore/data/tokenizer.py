@@ -87,14 +87,15 @@ def build_builtin_tokenizer(
 
 def save_tokenizer(tok: Any, out_dir: str | Path) -> Path:
     """Save as an HF tokenizer folder (tokenizer.json, tokenizer_config.json with the chat
-    template); ``AutoTokenizer.from_pretrained`` and load_tokenizer read it back."""
+    template); ``load_tokenizer`` reads it back anywhere (``AutoTokenizer`` only where no
+    model config.json lies next to it)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(out))
     return out
 
 
-GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+_GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
 def load_tokenizer(path: str | Path) -> Any:
@@ -109,6 +110,6 @@ def load_tokenizer(path: str | Path) -> Any:
     config = Path(path) / "tokenizer_config.json"
     if config.is_file():
         cls = json.loads(config.read_text()).get("tokenizer_class")
-        if cls in GENERIC_TOKENIZER_CLASSES:
+        if cls in _GENERIC_TOKENIZER_CLASSES:
             return PreTrainedTokenizerFast.from_pretrained(str(path))
     return AutoTokenizer.from_pretrained(str(path))

@@ -269,11 +269,32 @@ def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: json.loads(json.dumps(obj, default=str))}
 
 
+# Keys that do not change what an arm computes: where it lives, how it is checkpointed/run.
+_NOT_SETTINGS = ("run.output_dir", "run.resume", "run.keep_last", "cluster.")
+
+
+def _settings(s: DemoSettings, cfg: Any) -> dict[str, Any]:
+    """The arm's config, flat, without ``_NOT_SETTINGS``; paths under ``--out`` written
+    relative to it, so a moved or differently spelt output directory still matches."""
+    prefixes = sorted({str(s.out), str(s.out.resolve())}, key=len, reverse=True)
+
+    def rel(v: Any) -> Any:
+        if isinstance(v, list):
+            return [rel(x) for x in v]
+        if isinstance(v, str):
+            for p in prefixes:
+                if v == p or v.startswith(p + "/"):
+                    return "<out>" + v[len(p):]
+        return v
+
+    return {k: rel(v) for k, v in _flat(cfg).items() if not k.startswith(_NOT_SETTINGS)}
+
+
 def check_settings(s: DemoSettings, arm: str, seed: int) -> None:
-    """Record an arm's full config on first use; afterwards refuse to reuse or resume its
+    """Record an arm's settings on first use; afterwards refuse to reuse or resume its
     directory under other settings (a finished arm is otherwise skipped by directory)."""
     d = arm_dir(s, arm, seed)
-    current = _flat(arm_config(s, arm, seed))
+    current = _settings(s, arm_config(s, arm, seed))
     saved = _read(d / SETTINGS_FILE)
     if saved is None:
         _write(d / SETTINGS_FILE, current)

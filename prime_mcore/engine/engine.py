@@ -113,8 +113,11 @@ class Engine:
         The PRM's single-forward update scores a mini-batch and trains on it; this gives the
         scores from the training forward instead of a second, no-grad forward.
         """
-        return self._train(loss_fn, batch, micro_batch_size=micro_batch_size,
-                           normalizer=normalizer, temperature=temperature, keep_logp=True)
+        metrics, logp = self._train(loss_fn, batch, micro_batch_size=micro_batch_size,
+                                    normalizer=normalizer, temperature=temperature,
+                                    keep_logp=True)
+        assert logp is not None
+        return metrics, logp
 
     def _train(self, loss_fn: LossFn, batch: Mapping[str, Tensor], *, micro_batch_size: int,
                normalizer: str, temperature: float,

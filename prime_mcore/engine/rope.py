@@ -6,7 +6,8 @@ takes cos and sin of the whole [s, b, 1, d] frequency tensor, builds ``rotate_ha
 negation and a concatenation, and concatenates an empty pass-through part. The profile of
 a tiny-model RL step put that at ~14% of the forward. ``fast_rope_bshd`` computes the same
 numbers (bit for bit: ``a + (-b) * s`` is ``a - b * s`` in IEEE arithmetic) with cos/sin of
-half the frequencies once per forward (every layer gets the same ``freqs`` tensor) and one
+half the frequencies once per forward (every layer of a model chunk gets the same ``freqs``
+tensor; with VPP each chunk has its own, so they are recomputed per chunk) and one
 concatenation. Interleaved, multi-latent and partial-rotary calls keep Megatron's code.
 """
 

@@ -21,6 +21,7 @@ The contract an entry-point module fulfils::
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -81,10 +82,15 @@ def repo_root() -> Path:
     return root
 
 
+_COMPOSE_LOCK = threading.Lock()
+
+
 def compose(config: str, overrides: Sequence[str]) -> Any:
     """Compose ``configs/<config>.yaml`` with hydra overrides; returns the DictConfig.
 
-    Raises hydra/omegaconf errors for unknown configs, groups or keys.
+    Raises hydra/omegaconf errors for unknown configs, groups or keys. Thread-safe: hydra
+    keeps one global state per process, and two threads composing at once make the second
+    fail with "GlobalHydra is already initialized" (the demo checks arms from a pool).
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -92,7 +98,8 @@ def compose(config: str, overrides: Sequence[str]) -> Any:
     from prime_mcore.config import register_configs
 
     register_configs()
-    with initialize_config_dir(config_dir=str(repo_root() / "configs"), version_base="1.3"):
+    with _COMPOSE_LOCK, initialize_config_dir(config_dir=str(repo_root() / "configs"),
+                                              version_base="1.3"):
         return hydra_compose(config_name=config, overrides=list(overrides))
 
 

@@ -89,7 +89,8 @@ class PrimeTrainer:
             batch = self.to_batch(collected)
         with t("old_logprobs"):  # None: the single policy update's own forward gives them
             old = lp.policy.old_logprobs(batch, needed_now=lp.prm_update.needs_old_logprobs)
-            batch.update({} if old is None else {"logp_old": old})
+            if old is not None:
+                batch["logp_old"] = old
         with t("prm"):
             rm_scores, prm_metrics = lp.prm_update(batch)
         with t("advantages"):

@@ -89,9 +89,12 @@ class Policy:
                 if "logp_old" in batch:
                     results.append(self.engine.train_step(self._loss_fn, mb, **kw))
                     continue
-                assert self.single_update(rows), "old log-probs missing for a multi-step update"
+                if not self.single_update(rows):  # a ratio of 1 would silently drop clipping
+                    raise ValueError("batch has no logp_old: only a single-step update "
+                                     "(ppo_epochs=1, one mini-batch) computes its own")
                 metrics, logp = self.engine.train_step_and_logprobs(self._loss_fn, mb, **kw)
-                batch["logp_old"] = torch.empty_like(logp).index_copy_(0, rows_mb, logp)
+                batch["logp_old"] = torch.empty_like(logp).index_copy_(
+                    0, rows_mb.to(logp.device), logp)
                 results.append(metrics)
         out = _mean(results)
         return {("policy/" + k if not k.startswith("policy/") else k): v for k, v in out.items()}

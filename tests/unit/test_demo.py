@@ -84,6 +84,9 @@ def test_a_run_dir_is_not_reused_under_other_settings(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "prime_s1" / "demo_settings.json").read_text())
     assert saved["prm.beta"] == 0.05 and saved["run.seed"] == 1
     check_settings(s, "prime", 1)  # the same settings: reusable
+    assert saved["model.load_path"] == "<out>/sft/best" and "run.output_dir" not in saved
+    # the same directory spelt as an absolute path is the same run
+    check_settings(demo.DemoSettings(out=tmp_path.resolve(), quick=True), "prime", 1)
     changed = demo.DemoSettings(out=tmp_path, quick=True, rl_overrides=["prm.beta=0.5"])
     with pytest.raises(StaleRun, match=r"prime_s1 was trained with other settings "
                                        r"\(prm\.beta: 0\.05 -> 0\.5\)"):
@@ -95,3 +98,15 @@ def test_a_run_dir_is_not_reused_under_other_settings(tmp_path: Path) -> None:
                                          rl_overrides=["run.max_steps=4"]), "sft_more", 1)
     with pytest.raises(StaleRun, match="other settings"):  # the orchestrator checks too
         run_child(changed, "prime", 1, 1)
+
+
+def test_arms_are_checked_from_parallel_threads(tmp_path: Path) -> None:
+    """The orchestrator checks arms from a thread pool; hydra's global state used to make
+    concurrent composes fail ("GlobalHydra is already initialized")."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    s = demo.DemoSettings(out=tmp_path, quick=True)
+    stages = [(arm, seed) for seed in (1, 2) for arm in ("rloo", "prime", "sft_more")]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        list(pool.map(lambda st: check_settings(s, *st), stages))
+    assert all((arm_dir(s, arm, seed) / "demo_settings.json").is_file() for arm, seed in stages)
