@@ -100,9 +100,9 @@ def train_validator(out: Path, *, max_steps: int = 400, seed: int = 1) -> Path:
 
     from prime_mcore.data.tokenizer import build_builtin_tokenizer, load_tokenizer, save_tokenizer
 
-    # Encode with the tokenizer exactly as the backends load it: from a folder that holds the
-    # model's config.json, which makes AutoTokenizer pick Qwen2Tokenizer (its pre-tokenizer
-    # splits some texts differently from the tokenizer build_builtin_tokenizer returns).
+    # Encode with the tokenizer exactly as the backends load it: load_tokenizer from the
+    # folder that also holds the model's config.json (plain AutoTokenizer would pick
+    # Qwen2Tokenizer there, whose pre-tokenizer splits these texts differently).
     save_tokenizer(build_builtin_tokenizer(seed=0), out)
     Qwen2Config(vocab_size=512).save_pretrained(out)  # rewritten with the real config below
     tok = load_tokenizer(out)
@@ -146,10 +146,12 @@ def train_validator(out: Path, *, max_steps: int = 400, seed: int = 1) -> Path:
 
 def check_memorised(path: Path) -> None:
     """Reload from disk and teacher-force every memorised response: the argmax must be it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from prime_mcore.data.tokenizer import load_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
-    tok = AutoTokenizer.from_pretrained(str(path))
+    tok = load_tokenizer(path)
     for question, response in memory():
         ids, n_prompt = _encode(tok, question, response)
         with torch.no_grad():
