@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prime_mcore.trainers.metrics import read_metrics  # noqa: E402
+from prime_mcore.trainers.metrics import read_metrics, step_seconds  # noqa: E402
 from prime_mcore.trainers.report import markdown_table  # noqa: E402
 
 RUN = ["experiment=tiny_cpu", "model=demo_qwen2", "data.builtin_num_train=2000",
@@ -85,8 +85,7 @@ def phase_means(rows: list[dict], warmup: int) -> dict[str, float]:
     if not kept:
         raise SystemExit(f"no steps left after {warmup} warm-up steps")
     out = {p: statistics.fmean(r.get(f"time/{p}") or 0.0 for r in kept) for p in PHASES}
-    out["step"] = statistics.fmean(r["time/step"] - (r.get("time/eval") or 0.0)
-                                   - (r.get("time/checkpoint") or 0.0) for r in kept)
+    out["step"] = statistics.fmean(step_seconds(r) for r in kept)
     return out
 
 

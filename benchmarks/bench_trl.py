@@ -237,11 +237,10 @@ def read_result(side: str, out: Path) -> dict:
         return {"steps": res["step_seconds"], "phases": phases,
                 "length": logs.get("completions/mean_length"), "reward": logs.get("reward"),
                 "version": f"trl {res['trl_version']} {res['trainer']}"}
-    from prime_mcore.trainers.metrics import read_metrics
+    from prime_mcore.trainers.metrics import read_metrics, step_seconds
 
     rows = read_metrics(out / "metrics.jsonl")
-    steps = [r["time/step"] - (r.get("time/eval") or 0.0) - (r.get("time/checkpoint") or 0.0)
-             for r in rows]
+    steps = [step_seconds(r) for r in rows]
     phases = [{p: r.get(f"time/{p}") or 0.0 for p in PHASES} for r in rows]
     for ph, step in zip(phases, steps):
         ph["other"] = step - sum(ph.values())

@@ -25,16 +25,11 @@ from pathlib import Path
 
 from prime_mcore.demo import DemoSettings
 from prime_mcore.demo.runner import progress, run_sft, run_stages
-from prime_mcore.trainers.metrics import read_metrics
+from prime_mcore.trainers.metrics import read_metrics, step_seconds
 from prime_mcore.trainers.report import markdown_table, moving_average
 
 WINDOW = 10
 ALGOS = ("rloo", "prime")
-
-
-def step_seconds(row: dict) -> float:
-    """A step's time without the periodic eval and checkpoint."""
-    return row["time/step"] - (row.get("time/eval") or 0.0) - (row.get("time/checkpoint") or 0.0)
 
 
 PHASES = ("rollout", "old_logprobs", "prm", "advantages", "policy_update", "weight_sync")

@@ -91,3 +91,8 @@ class MetricsWriter:
 def read_metrics(path: str | Path) -> list[dict]:
     """All rows of a metrics.jsonl file, in order."""
     return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
+def step_seconds(row: Mapping[str, float]) -> float:
+    """A metrics row's step time without its periodic eval and checkpoint (benchmarks)."""
+    return row["time/step"] - (row.get("time/eval") or 0.0) - (row.get("time/checkpoint") or 0.0)
