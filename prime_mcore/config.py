@@ -184,14 +184,22 @@ class RolloutConfig:
     kv_cache_memory_bytes: int | None = None
     """KV cache budget; on CPU always set it (vLLM otherwise reserves 92% of RAM)."""
     enforce_eager: bool = False
+    hf_max_batch_size: int = 64
+    """"hf" backend: sequences (prompts x K) per generate call; on CPU one call for the whole
+    step is cheaper than several (per-token overhead dominates small models)."""
+    hf_cache: str = "dynamic"
+    """"hf" backend KV cache: "dynamic" (grows, stops early) or "static" (preallocated for
+    prompt + max_response_length; ~20% faster on CPU when responses fill most of it)."""
     logprob_gap_warn: float = 0.05
     """Warn when the mean |rollout - trainer| logprob gap of sampled tokens exceeds this."""
 
     def __post_init__(self) -> None:
         _one_of("rollout", "backend", self.backend, ("vllm", "hf"))
+        _one_of("rollout", "hf_cache", self.hf_cache, ("dynamic", "static"))
         _positive("rollout", n_samples=self.n_samples, max_prompt_length=self.max_prompt_length,
                   max_response_length=self.max_response_length,
-                  tensor_parallel_size=self.tensor_parallel_size)
+                  tensor_parallel_size=self.tensor_parallel_size,
+                  hf_max_batch_size=self.hf_max_batch_size)
         if self.temperature < 0:
             raise ValueError(f"rollout.temperature={self.temperature} must be >= 0")
         if not 0 < self.top_p <= 1:

@@ -185,7 +185,7 @@ def evaluate(checkpoint: Path, model_cfg: Any, data_dir: Path, out_dir: Path, *,
     examples = load_examples([data_dir / "rl_test.parquet"], skip_bad_rows=False,
                              system_prompt=None)
     prompts = PromptTokenizer(tokenizer, max_prompt)
-    backend = HFBackend.from_pretrained(hf_dir, max_batch_size=256)
+    backend = HFBackend.from_pretrained(hf_dir, max_batch_size=256, cache="static")
     with stopwatch() as t:
         out = backend.generate([prompts.ids(ex.prompt) for ex in examples], 1,
                                SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens))

@@ -29,5 +29,7 @@ def make_backend(cfg: RolloutConfig, model_path: str | os.PathLike[str], *,
     if cfg.backend == "hf":
         from prime_mcore.rollout.hf_backend import HFBackend
 
+        kwargs.setdefault("max_batch_size", cfg.hf_max_batch_size)
+        kwargs.setdefault("cache", cfg.hf_cache)
         return HFBackend.from_pretrained(model_path, **kwargs)
     raise ValueError(f"rollout.backend={cfg.backend!r} must be 'vllm' or 'hf'")

@@ -68,11 +68,16 @@ class HFBackend:
     supports_sleep = False
 
     def __init__(self, model: Any, tokenizer: Any | None = None, *,
-                 max_batch_size: int = 64, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+                 max_batch_size: int = 64, cache: str = "dynamic",
+                 bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
         """``model``: a transformers causal LM (e.g. the trainer's own module or a copy);
         ``tokenizer`` is needed only for stop strings; ``max_batch_size`` caps the
-        sequences (prompts x n) per ``generate`` call."""
+        sequences (prompts x n) per ``generate`` call; ``cache`` is the KV cache, "dynamic"
+        or "static" (preallocated: no per-token concatenation)."""
+        if cache not in ("dynamic", "static"):
+            raise ValueError(f"cache={cache!r} must be 'dynamic' or 'static'")
         self.model = model
+        self.cache = cache
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.bucket_bytes = bucket_bytes
@@ -176,7 +181,8 @@ class HFBackend:
             # An empty list (not None, which generate would fill from the checkpoint)
             # when EOS is ignored and no stop ids are given.
             eos_token_id=stop_ids, pad_token_id=self.pad_token_id,
-            output_scores=True, return_dict_in_generate=True, use_cache=True)
+            output_scores=True, return_dict_in_generate=True, use_cache=True,
+            cache_implementation="static" if self.cache == "static" else None)
 
     # ------------------------------------------------------------------ weight sync
     @torch.no_grad()

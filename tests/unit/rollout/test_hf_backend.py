@@ -128,3 +128,31 @@ def test_make_backend_from_config(tiny_ckpt):
     assert isinstance(backend, HFBackend) and backend.tokenizer is not None
     out = backend.generate([[5, 6, 7]], cfg.n_samples, SamplingParams.from_config(cfg))
     assert len(out.samples) == 2 and all(len(s.token_ids) <= 5 for s in out.samples)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_static_cache_samples_the_same_tokens(hf, temperature):
+    """cache="static" (the demo's faster setting) is the same computation: same tokens for
+    the same seed on ragged left-padded prompts, log-probs equal to the teacher-forced ones."""
+    dynamic, tok = hf
+    static = HFBackend(dynamic.model, tok, max_batch_size=dynamic.max_batch_size, cache="static")
+    prompts = make_prompts(tok, 5, min_len=3, max_len=30, seed=2)
+    sp = SamplingParams(temperature=temperature, max_new_tokens=10, seed=7)
+    a, b = dynamic.generate(prompts, 3, sp), static.generate(prompts, 3, sp)
+    assert [s.token_ids for s in b.samples] == [s.token_ids for s in a.samples]
+    assert [s.finish_reason for s in b.samples] == [s.finish_reason for s in a.samples]
+    ref = hf_forward_logprobs(static.model, prompts, b, temperature)
+    _, lp, mask = b.padded()
+    assert (ref - lp)[mask].abs().max() < 1e-4
+    with pytest.raises(ValueError, match="cache='paged'"):
+        HFBackend(dynamic.model, tok, cache="paged")
+
+
+def test_make_backend_passes_the_hf_options(tiny_ckpt):
+    cfg = RolloutConfig(backend="hf", hf_max_batch_size=96, hf_cache="static")
+    backend = make_backend(cfg, tiny_ckpt)
+    assert (backend.max_batch_size, backend.cache) == (96, "static")
+    with pytest.raises(ValueError, match="hf_cache"):
+        RolloutConfig(backend="hf", hf_cache="paged")
+    with pytest.raises(ValueError, match="hf_max_batch_size"):
+        RolloutConfig(backend="hf", hf_max_batch_size=0)
