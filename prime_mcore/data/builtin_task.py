@@ -29,6 +29,7 @@ __all__ = [
     "make_splits",
     "split_of",
     "render_trace",
+    "has_carry",
     "make_sft_rows",
     "to_rl_examples",
     "write_builtin_task",
@@ -197,6 +198,11 @@ def _carry_steps(problem: ArithProblem) -> list[int]:
             out.append(k)
         v = v + x if op == "+" else v - x
     return out
+
+
+def has_carry(problem: ArithProblem) -> bool:
+    """Whether some step carries (+) or borrows (-): where the noisy teacher slips."""
+    return bool(_carry_steps(problem))
 
 
 def _plan_slip(problem: ArithProblem, mode: str, seed: int) -> tuple[int, int] | None:

@@ -2,18 +2,71 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import statistics
 from pathlib import Path
 
 from prime_mcore.demo.arms import ARMS, LABELS
+
+log = logging.getLogger("prime_mcore")
 
 
 def _ms(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def results_markdown(results: dict[str, list[dict]], total: dict[str, float]) -> str:
-    """The results table and the two comparisons the issue asks for, all measured."""
+def test_carry_flags(data_dir: Path) -> list[bool] | None:
+    """Per test problem (rl_test.parquet order): does it carry or borrow? Rebuilt from the
+    task's generation record (builtin.json); None when that record is missing."""
+    from prime_mcore.data.builtin_task import has_carry, make_splits
+
+    stamp = data_dir / "builtin.json"
+    if not stamp.exists():
+        return None
+    spec = json.loads(stamp.read_text())
+    (_, _, n_test), (lo, hi) = spec["n"], spec["operands"]
+    test = make_splits(spec["seed"], *spec["n"], num_ops=spec["ops"], lo=lo, hi=hi).test
+    return [has_carry(p) for p in test] if len(test) == n_test else None
+
+
+def carry_breakdown(results: dict[str, list[dict]], run_dirs: dict[tuple[str, int], Path],
+                    data_dir: Path) -> str:
+    """Accuracy on problems with and without a carry/borrow, per arm (mean over seeds):
+    the SFT traces drop the carry, so this is where a reward can help and imitation cannot.
+    Empty when the flags or an arm's eval_samples.jsonl do not line up with the test split."""
+    from prime_mcore.trainers.report import markdown_table
+
+    flags = test_carry_flags(data_dir)
+    if flags is None:
+        return ""
+    rows = []
+    for arm in ARMS:
+        per_kind: dict[bool, list[float]] = {True: [], False: []}
+        for rec in results[arm]:
+            path = run_dirs[(arm, rec.get("seed", 0))] / "eval_samples.jsonl"
+            scores = ([json.loads(line)["score"] for line in path.read_text().splitlines()]
+                      if path.exists() else [])
+            if len(scores) != len(flags):
+                log.warning("carry breakdown skipped: %s has %d samples for %d test problems",
+                            path, len(scores), len(flags))
+                return ""
+            for kind in (True, False):
+                picked = [sc for sc, f in zip(scores, flags, strict=True) if f == kind]
+                per_kind[kind].append(100 * statistics.fmean(picked) if picked else 0.0)
+        rows.append((LABELS[arm], *(f"{statistics.fmean(per_kind[k]):.1f}" for k in (True, False))))
+    n_carry = sum(flags)
+    return "\n".join([
+        "Where the gain comes from (greedy accuracy %, mean over seeds): the SFT traces drop the "
+        "carry or borrow, so imitation learns the bug and only a reward can remove it.", "",
+        markdown_table(["arm", f"with a carry or borrow ({n_carry})",
+                        f"without ({len(flags) - n_carry})"], rows), ""])
+
+
+def results_markdown(results: dict[str, list[dict]], total: dict[str, float],
+                     breakdown: str = "") -> str:
+    """The results table and the two comparisons the issue asks for, all measured;
+    ``breakdown``: an optional section (``carry_breakdown``) after the comparisons."""
     from prime_mcore.trainers.report import markdown_table
 
     rows = []
@@ -46,6 +99,7 @@ def results_markdown(results: dict[str, list[dict]], total: dict[str, float]) ->
         f"wall summed over runs ({sum(r['cpu_s'] for a in ARMS for r in results[a]):.0f} s "
         f"CPU), evals excluded; this invocation: {total['wall_s']:.0f} s wall, "
         f"{total['cpu_s']:.0f} s CPU (finished stages are skipped and cost nothing).", "",
+        *([breakdown] if breakdown else []),
         "![training reward](reward_curves.png) ![accuracy](eval_accuracy.png)", ""]
     return "\n".join(text)
 

@@ -32,7 +32,7 @@ from prime_mcore.demo.arms import (
     run_stage,
     stopwatch,
 )
-from prime_mcore.demo.report import plot, results_markdown
+from prime_mcore.demo.report import carry_breakdown, plot, results_markdown
 
 TAIL_LINES = 40
 
@@ -139,7 +139,10 @@ def run_demo(s: DemoSettings) -> dict[str, list[dict]]:
     with stopwatch() as total:
         results = run_all(s)
     plot(results, s.out)
-    text = results_markdown(results, total)
+    run_dirs = {(arm, rec.get("seed", 0)): arm_dir(s, arm, rec.get("seed", 0))
+                for arm in ARMS for rec in results[arm]}
+    text = results_markdown(results, total,
+                            carry_breakdown(results, run_dirs, s.out / "sft" / "data"))
     (s.out / "results.md").write_text(text)
     _write(s.out / "results.json", {"arms": results, "invocation": total})
     print("\n" + text, flush=True)

@@ -45,6 +45,15 @@ def test_quick_demo_table_matches_eval_files_and_rerun_skips(tmp_path: Path, cap
             assert (out / "logs" / f"{algo}_s{seed}.log").is_file()
             rows = (out / f"{algo}_s{seed}" / "metrics.jsonl").read_text().splitlines()
             assert [json.loads(r)["step"] for r in rows] == [1, 2]
+    # the carry breakdown splits each arm's accuracy: its weighted mean is the arm's mean
+    lines = table.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("| arm | with a carry"))
+    n_carry, n_plain = (int(c.split("(")[1].rstrip(") ")) for c in lines[head].split("|")[2:4])
+    assert n_carry + n_plain == 24
+    for arm, line in zip(demo.ARMS, lines[head + 2:head + 2 + len(demo.ARMS)], strict=True):
+        carry, plain = (float(c) for c in line.split("|")[2:4])
+        mean = 100 * sum(r["accuracy"] for r in results[arm]) / len(results[arm])
+        assert (n_carry * carry + n_plain * plain) / 24 == pytest.approx(mean, abs=0.1)
     # equal extra compute: the continued SFT took the RL arms' policy-update budget
     assert {(r["steps"], r["batch"]) for r in results["sft_more"]} == \
         {(r["steps"], r["batch"]) for r in results["prime"]}
@@ -110,3 +119,30 @@ def test_arms_are_checked_from_parallel_threads(tmp_path: Path) -> None:
     with ThreadPoolExecutor(max_workers=3) as pool:
         list(pool.map(lambda st: check_settings(s, *st), stages))
     assert all((arm_dir(s, arm, seed) / "demo_settings.json").is_file() for arm, seed in stages)
+
+
+def test_carry_breakdown_reads_each_arms_samples_in_test_order(tmp_path: Path) -> None:
+    from prime_mcore.demo.report import carry_breakdown, test_carry_flags
+
+    data = tmp_path / "data"
+    data.mkdir()
+    spec = {"seed": 3, "n": [40, 10, 30], "ops": [2], "operands": [1, 20], "slip": [0.4, "carry"]}
+    (data / "builtin.json").write_text(json.dumps(spec))
+    flags = test_carry_flags(data)
+    assert flags is not None and len(flags) == 30 and 0 < sum(flags) < 30
+    results, dirs = {}, {}
+    for arm in demo.ARMS:  # each arm solves exactly the carry problems, or exactly the others
+        results[arm] = [{"seed": 0 if arm == "sft" else 1}]
+        d = dirs[(arm, results[arm][0]["seed"])] = tmp_path / arm
+        d.mkdir()
+        solve_carry = arm in ("rloo", "prime")
+        (d / "eval_samples.jsonl").write_text("".join(
+            json.dumps({"score": float(f == solve_carry)}) + "\n" for f in flags))
+    text = carry_breakdown(results, dirs, data)
+    assert f"| with a carry or borrow ({sum(flags)}) | without ({30 - sum(flags)}) |" in text
+    assert f"| {demo.LABELS['prime']} | 100.0 | 0.0 |" in text
+    assert f"| {demo.LABELS['sft']} | 0.0 | 100.0 |" in text
+    # a file that does not line up with the test split: no table rather than a wrong one
+    (tmp_path / "rloo" / "eval_samples.jsonl").write_text('{"score": 1.0}\n')
+    assert carry_breakdown(results, dirs, data) == ""
+    assert carry_breakdown(results, dirs, tmp_path) == ""  # no builtin.json

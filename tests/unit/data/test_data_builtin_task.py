@@ -9,6 +9,7 @@ import pytest
 from prime_mcore.data.builtin_task import (
     DATA_SOURCE,
     generate_problems,
+    has_carry,
     make_sft_rows,
     make_splits,
     split_of,
@@ -101,6 +102,7 @@ def test_carry_mode_slips_are_systematic():
         (op == "+" and v % 10 + x % 10 < 10) or (op == "-" and v % 10 >= x % 10)
         for v, (op, x) in zip([p.start, *p.values()], p.ops))]
     assert no_carry  # such problems exist and their traces are always right
+    assert {p.expression for p in problems if not has_carry(p)} == {p.expression for p in no_carry}
     by_expr = {p.expression: r for p, r in zip(problems, rows, strict=True)}
     assert all(_check_trace(p, by_expr[p.expression].response)[1] == [] for p in no_carry)
 
