@@ -31,6 +31,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--micro-batch", type=int, required=True)
     p.add_argument("--lr", type=float, required=True)
     p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--cache", choices=("static", "dynamic"), default="dynamic",
+                   help="generate's KV cache (TRL's cache_implementation)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
 
@@ -121,6 +123,7 @@ def main() -> None:
         steps_per_generation=responses // args.micro_batch,  # micro steps per generation
         num_generations=args.k, num_iterations=1, max_completion_length=args.max_new_tokens,
         temperature=1.0, top_p=1.0, top_k=0, beta=0.0, epsilon=0.2,
+        cache_implementation=None if args.cache == "dynamic" else args.cache,
         normalize_advantages=True,  # prime_mcore whitens its advantages over the batch
         learning_rate=args.lr, warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         max_steps=args.steps * opt_steps,

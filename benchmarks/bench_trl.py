@@ -87,6 +87,7 @@ class Settings:
     mini_batch: int = 64
     micro_batch: int = 64
     lr: float = 1e-4
+    cache: str = "static"  # HF generate's KV cache on both sides (TRL: cache_implementation)
     steps: int = 8
     warmup: int = 2
     threads: int = 1
@@ -171,6 +172,7 @@ def prime_command(s: Settings, backend: str, model: Path, data: Path, out: Path)
             f"rollout.max_response_length={s.max_new_tokens}",
             f"rollout.max_prompt_length={s.max_prompt_length}",
             "rollout.enforce_eager=true", f"rollout.kv_cache_memory_bytes={256 << 20}",
+            f"rollout.hf_cache={s.cache}", f"rollout.hf_max_batch_size={s.responses}",
             f"algo.mini_batch_size={s.mini_batch}", f"algo.micro_batch_size={s.micro_batch}",
             "algo.ppo_epochs=1", "algo.clip_eps=0.2", "algo.kl_coef=0.0",
             "algo.entropy_coef=0.0", "algo.filter_low=0.0", "algo.filter_high=1.0",
@@ -189,7 +191,8 @@ def trl_command(s: Settings, python: Path, model: Path, data: Path, prompts: Pat
             "--out", str(out), "--steps", str(s.steps), "--prompts-per-step", str(s.prompts),
             "--k", str(s.k), "--max-new-tokens", str(s.max_new_tokens),
             "--mini-batch", str(s.mini_batch), "--micro-batch", str(s.micro_batch),
-            "--lr", str(s.lr), "--threads", str(s.threads), "--seed", str(s.seed)]
+            "--lr", str(s.lr), "--cache", s.cache, "--threads", str(s.threads),
+            "--seed", str(s.seed)]
 
 
 def steps_done(side: str, out: Path) -> int:
@@ -302,7 +305,8 @@ def main() -> int:
                              ("--max-new-tokens", int, "(72)"),
                              ("--mini-batch", int, "responses per optimizer step (64)"),
                              ("--micro-batch", int, "responses per forward/backward (64)"),
-                             ("--lr", float, "(1e-4)")):
+                             ("--lr", float, "(1e-4)"),
+                             ("--cache", str, "HF generate KV cache, static|dynamic (static)")):
         p.add_argument(flag, type=kind, default=None, help=what)
     p.add_argument("--rounds", type=int, default=2, help="times each side runs (interleaved)")
     p.add_argument("--threads", type=int, default=cpus or 1, help="(all cores)")
@@ -318,10 +322,13 @@ def main() -> int:
                        micro_batch=16, steps=3, warmup=1)
         args.rounds = 1
     given = {f: getattr(args, f) for f in ("steps", "warmup", "model", "prompts", "k",
-                                           "max_new_tokens", "mini_batch", "micro_batch", "lr")}
+                                           "max_new_tokens", "mini_batch", "micro_batch", "lr",
+                                           "cache")}
     s = replace(base, **{f: v for f, v in given.items() if v is not None})
     if s.responses % s.mini_batch or s.mini_batch % s.micro_batch or s.steps <= s.warmup:
         p.error("need prompts*k % mini == 0, mini % micro == 0 and steps > warmup")
+    if s.cache not in ("static", "dynamic"):
+        p.error(f"--cache {s.cache!r}: choose static or dynamic")
     python = ensure_bench_venv(create=not args.no_setup)
     from tqdm import tqdm
 
