@@ -182,7 +182,9 @@ class HFBackend:
             # when EOS is ignored and no stop ids are given.
             eos_token_id=stop_ids, pad_token_id=self.pad_token_id,
             output_scores=True, return_dict_in_generate=True, use_cache=True,
-            cache_implementation="static" if self.cache == "static" else None)
+            cache_implementation="static" if self.cache == "static" else None,
+            # a static cache on CUDA would otherwise torch.compile the forward on first use
+            disable_compile=True)
 
     # ------------------------------------------------------------------ weight sync
     @torch.no_grad()
