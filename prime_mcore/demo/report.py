@@ -16,7 +16,7 @@ def _ms(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def test_carry_flags(data_dir: Path) -> list[bool] | None:
+def carry_flags(data_dir: Path) -> list[bool] | None:
     """Per test problem (rl_test.parquet order): does it carry or borrow? Rebuilt from the
     task's generation record (builtin.json); None when that record is missing."""
     from prime_mcore.data.builtin_task import has_carry, make_splits
@@ -37,7 +37,7 @@ def carry_breakdown(results: dict[str, list[dict]], run_dirs: dict[tuple[str, in
     Empty when the flags or an arm's eval_samples.jsonl do not line up with the test split."""
     from prime_mcore.trainers.report import markdown_table
 
-    flags = test_carry_flags(data_dir)
+    flags = carry_flags(data_dir)
     if flags is None:
         return ""
     rows = []

@@ -122,13 +122,13 @@ def test_arms_are_checked_from_parallel_threads(tmp_path: Path) -> None:
 
 
 def test_carry_breakdown_reads_each_arms_samples_in_test_order(tmp_path: Path) -> None:
-    from prime_mcore.demo.report import carry_breakdown, test_carry_flags
+    from prime_mcore.demo.report import carry_breakdown, carry_flags
 
     data = tmp_path / "data"
     data.mkdir()
     spec = {"seed": 3, "n": [40, 10, 30], "ops": [2], "operands": [1, 20], "slip": [0.4, "carry"]}
     (data / "builtin.json").write_text(json.dumps(spec))
-    flags = test_carry_flags(data)
+    flags = carry_flags(data)
     assert flags is not None and len(flags) == 30 and 0 < sum(flags) < 30
     results, dirs = {}, {}
     for arm in demo.ARMS:  # each arm solves exactly the carry problems, or exactly the others
