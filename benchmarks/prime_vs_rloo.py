@@ -49,9 +49,10 @@ def phase_table(rows: dict[str, dict[int, list[dict]]]) -> str:
     return markdown_table(["phase (s per step)", "RLOO", "PRIME", "PRIME/RLOO"], table)
 
 
-def first_reach(curve: list[float], target: float) -> int | None:
-    """1-based step at which ``curve`` first reaches ``target`` (None: never)."""
-    return next((k + 1 for k, v in enumerate(curve) if v >= target), None)
+def first_reach(curve: list[float], target: float, *, start: int = 1) -> int | None:
+    """1-based step >= ``start`` at which ``curve`` first reaches ``target`` (None: never).
+    Pass start=WINDOW for a moving average: its first points average fewer steps."""
+    return next((k + 1 for k, v in enumerate(curve) if k + 1 >= start and v >= target), None)
 
 
 def mean_curve(curves: list[list[float]]) -> list[float]:
@@ -68,13 +69,13 @@ def analyse(out: Path, seeds: tuple[int, ...]) -> tuple[str, dict]:
     steps = len(mean["prime"])
     per_seed, table = {}, []
     for s in seeds:
-        reach = first_reach(smooth["prime"][s], smooth["rloo"][s][-1])
+        reach = first_reach(smooth["prime"][s], smooth["rloo"][s][-1], start=min(WINDOW, steps))
         t = {a: statistics.fmean(step_seconds(r) for r in rows[a][s]) for a in ALGOS}
         per_seed[s] = {"reach": reach, "ratio": t["prime"] / t["rloo"]}
         table.append((f"seed {s}", f"{smooth['rloo'][s][-1]:.3f}", f"{smooth['prime'][s][-1]:.3f}",
                       f"{reach}/{steps}" if reach else f"not within {steps}",
                       f"{t['rloo']:.2f}", f"{t['prime']:.2f}", f"{t['prime'] / t['rloo']:.2f}"))
-    reach = first_reach(mean["prime"], mean["rloo"][-1])
+    reach = first_reach(mean["prime"], mean["rloo"][-1], start=min(WINDOW, steps))
     ratios = [v["ratio"] for v in per_seed.values()]
     ratio = statistics.fmean(ratios)
     table.append(("mean curve", f"{mean['rloo'][-1]:.3f}", f"{mean['prime'][-1]:.3f}",

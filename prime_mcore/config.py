@@ -189,7 +189,8 @@ class RolloutConfig:
     step is cheaper than several (per-token overhead dominates small models)."""
     hf_cache: str = "dynamic"
     """"hf" backend KV cache: "dynamic" (grows, stops early) or "static" (preallocated for
-    prompt + max_response_length; ~20% faster on CPU when responses fill most of it)."""
+    prompt + max_response_length; faster on CPU when responses fill most of it: 2.47 ->
+    1.76 s for the demo's 128 rollouts together with one 128-row call, README Performance)."""
     logprob_gap_warn: float = 0.05
     """Warn when the mean |rollout - trainer| logprob gap of sampled tokens exceeds this."""
 

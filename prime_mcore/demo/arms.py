@@ -160,7 +160,7 @@ def train(run_dir: Path, fn: Callable[[], Any], steps: int, batch: int) -> dict:
 
 
 def evaluate(checkpoint: Path, model_cfg: Any, data_dir: Path, out_dir: Path, *,
-             max_prompt: int, max_new_tokens: int) -> dict:
+             max_prompt: int, max_new_tokens: int, cache: str = "dynamic") -> dict:
     """Greedy accuracy of an engine checkpoint on ``data_dir/rl_test.parquet`` (the fixed
     held-out split): export to HF, generate with HFBackend, grade with the math verifier.
     Writes <out_dir>/eval.json and the completions in eval_samples.jsonl."""
@@ -185,7 +185,7 @@ def evaluate(checkpoint: Path, model_cfg: Any, data_dir: Path, out_dir: Path, *,
     examples = load_examples([data_dir / "rl_test.parquet"], skip_bad_rows=False,
                              system_prompt=None)
     prompts = PromptTokenizer(tokenizer, max_prompt)
-    backend = HFBackend.from_pretrained(hf_dir, max_batch_size=256, cache="static")
+    backend = HFBackend.from_pretrained(hf_dir, max_batch_size=256, cache=cache)
     with stopwatch() as t:
         out = backend.generate([prompts.ids(ex.prompt) for ex in examples], 1,
                                SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens))
@@ -206,7 +206,8 @@ def evaluate(checkpoint: Path, model_cfg: Any, data_dir: Path, out_dir: Path, *,
 def _eval_arm(cfg: Any, run_dir: Path, checkpoint: Path, s: DemoSettings) -> dict:
     return evaluate(checkpoint, cfg.model, s.out / "sft" / "data", run_dir,
                     max_prompt=cfg.rollout.max_prompt_length,
-                    max_new_tokens=cfg.rollout.max_response_length)
+                    max_new_tokens=cfg.rollout.max_response_length,
+                    cache=cfg.rollout.hf_cache)
 
 
 def run_sft_arm(s: DemoSettings) -> dict:

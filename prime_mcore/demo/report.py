@@ -16,9 +16,9 @@ def _ms(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def carry_flags(data_dir: Path) -> list[bool] | None:
-    """Per test problem (rl_test.parquet order): does it carry or borrow? Rebuilt from the
-    task's generation record (builtin.json); None when that record is missing."""
+def carry_flags(data_dir: Path) -> list[tuple[str, bool]] | None:
+    """Per test problem (rl_test.parquet order): (answer, does it carry or borrow?), rebuilt
+    from the task's generation record (builtin.json); None when that record is missing."""
     from prime_mcore.data.builtin_task import has_carry, make_splits
 
     stamp = data_dir / "builtin.json"
@@ -27,14 +27,19 @@ def carry_flags(data_dir: Path) -> list[bool] | None:
     spec = json.loads(stamp.read_text())
     (_, _, n_test), (lo, hi) = spec["n"], spec["operands"]
     test = make_splits(spec["seed"], *spec["n"], num_ops=spec["ops"], lo=lo, hi=hi).test
-    return [has_carry(p) for p in test] if len(test) == n_test else None
+    return [(str(p.answer), has_carry(p)) for p in test] if len(test) == n_test else None
+
+
+def _fmean_or_na(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.1f}" if values else "n/a"
 
 
 def carry_breakdown(results: dict[str, list[dict]], run_dirs: dict[tuple[str, int], Path],
                     data_dir: Path) -> str:
     """Accuracy on problems with and without a carry/borrow, per arm (mean over seeds):
-    the SFT traces drop the carry, so this is where a reward can help and imitation cannot.
-    Empty when the flags or an arm's eval_samples.jsonl do not line up with the test split."""
+    with slip_mode "carry" the SFT traces drop the carry, so this is where a reward can help
+    and imitation cannot. Empty when the flags or an arm's eval_samples.jsonl do not line up
+    with the test split (same length and, line by line, the same ground truth)."""
     from prime_mcore.trainers.report import markdown_table
 
     flags = carry_flags(data_dir)
@@ -45,20 +50,25 @@ def carry_breakdown(results: dict[str, list[dict]], run_dirs: dict[tuple[str, in
         per_kind: dict[bool, list[float]] = {True: [], False: []}
         for rec in results[arm]:
             path = run_dirs[(arm, rec.get("seed", 0))] / "eval_samples.jsonl"
-            scores = ([json.loads(line)["score"] for line in path.read_text().splitlines()]
-                      if path.exists() else [])
-            if len(scores) != len(flags):
-                log.warning("carry breakdown skipped: %s has %d samples for %d test problems",
-                            path, len(scores), len(flags))
+            samples = ([json.loads(line) for line in path.read_text().splitlines()]
+                       if path.exists() else [])
+            if [sm.get("truth") for sm in samples] != [truth for truth, _ in flags]:
+                log.warning("carry breakdown skipped: %s does not line up with the %d test "
+                            "problems", path, len(flags))
                 return ""
             for kind in (True, False):
-                picked = [sc for sc, f in zip(scores, flags, strict=True) if f == kind]
-                per_kind[kind].append(100 * statistics.fmean(picked) if picked else 0.0)
-        rows.append((LABELS[arm], *(f"{statistics.fmean(per_kind[k]):.1f}" for k in (True, False))))
-    n_carry = sum(flags)
+                picked = [sm["score"] for sm, (_, f) in zip(samples, flags, strict=True)
+                          if f == kind]
+                if picked:
+                    per_kind[kind].append(100 * statistics.fmean(picked))
+        rows.append((LABELS[arm], *(_fmean_or_na(per_kind[k]) for k in (True, False))))
+    n_carry = sum(f for _, f in flags)
+    slip_rate, slip_mode = json.loads((data_dir / "builtin.json").read_text())["slip"]
+    why = ("the SFT traces drop the carry or borrow, so imitation learns the bug and only a "
+           "reward can remove it" if slip_mode == "carry" and slip_rate > 0 else
+           f"the SFT teacher's slips are {slip_mode!r} at rate {slip_rate}")
     return "\n".join([
-        "Where the gain comes from (greedy accuracy %, mean over seeds): the SFT traces drop the "
-        "carry or borrow, so imitation learns the bug and only a reward can remove it.", "",
+        f"Accuracy by problem type (greedy %, mean over seeds): {why}.", "",
         markdown_table(["arm", f"with a carry or borrow ({n_carry})",
                         f"without ({len(flags) - n_carry})"], rows), ""])
 

@@ -129,20 +129,28 @@ def test_carry_breakdown_reads_each_arms_samples_in_test_order(tmp_path: Path) -
     spec = {"seed": 3, "n": [40, 10, 30], "ops": [2], "operands": [1, 20], "slip": [0.4, "carry"]}
     (data / "builtin.json").write_text(json.dumps(spec))
     flags = carry_flags(data)
-    assert flags is not None and len(flags) == 30 and 0 < sum(flags) < 30
+    assert flags is not None and len(flags) == 30
+    n_carry = sum(f for _, f in flags)
+    assert 0 < n_carry < 30
+
+    def write(path: Path, rows: list[tuple[str, bool]], solve_carry: bool) -> None:
+        path.write_text("".join(json.dumps({"truth": t, "score": float(f == solve_carry)}) + "\n"
+                                for t, f in rows))
+
     results, dirs = {}, {}
     for arm in demo.ARMS:  # each arm solves exactly the carry problems, or exactly the others
         results[arm] = [{"seed": 0 if arm == "sft" else 1}]
         d = dirs[(arm, results[arm][0]["seed"])] = tmp_path / arm
         d.mkdir()
-        solve_carry = arm in ("rloo", "prime")
-        (d / "eval_samples.jsonl").write_text("".join(
-            json.dumps({"score": float(f == solve_carry)}) + "\n" for f in flags))
+        write(d / "eval_samples.jsonl", flags, arm in ("rloo", "prime"))
     text = carry_breakdown(results, dirs, data)
-    assert f"| with a carry or borrow ({sum(flags)}) | without ({30 - sum(flags)}) |" in text
+    assert f"| with a carry or borrow ({n_carry}) | without ({30 - n_carry}) |" in text
     assert f"| {demo.LABELS['prime']} | 100.0 | 0.0 |" in text
     assert f"| {demo.LABELS['sft']} | 0.0 | 100.0 |" in text
-    # a file that does not line up with the test split: no table rather than a wrong one
-    (tmp_path / "rloo" / "eval_samples.jsonl").write_text('{"score": 1.0}\n')
+    assert "drop the carry" in text
+    # samples that do not line up with the test split: no table rather than a wrong one
+    write(tmp_path / "rloo" / "eval_samples.jsonl", flags[::-1], True)  # same length, reordered
+    assert carry_breakdown(results, dirs, data) == ""
+    (tmp_path / "rloo" / "eval_samples.jsonl").write_text('{"truth": "1", "score": 1.0}\n')
     assert carry_breakdown(results, dirs, data) == ""
     assert carry_breakdown(results, dirs, tmp_path) == ""  # no builtin.json

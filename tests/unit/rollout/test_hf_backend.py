@@ -144,6 +144,8 @@ def test_static_cache_samples_the_same_tokens(hf, temperature):
     ref = hf_forward_logprobs(static.model, prompts, b, temperature)
     _, lp, mask = b.padded()
     assert (ref - lp)[mask].abs().max() < 1e-4
+    assert static._generation_config(sp, []).cache_implementation == "static"
+    assert dynamic._generation_config(sp, []).cache_implementation is None
     assert static._generation_config(sp, []).disable_compile  # no surprise compile on CUDA
     with pytest.raises(ValueError, match="cache='paged'"):
         HFBackend(dynamic.model, tok, cache="paged")
