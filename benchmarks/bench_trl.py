@@ -327,8 +327,10 @@ def main() -> int:
     s = replace(base, **{f: v for f, v in given.items() if v is not None})
     if s.responses % s.mini_batch or s.mini_batch % s.micro_batch or s.steps <= s.warmup:
         p.error("need prompts*k % mini == 0, mini % micro == 0 and steps > warmup")
-    if s.cache not in ("static", "dynamic"):
-        p.error(f"--cache {s.cache!r}: choose static or dynamic")
+    from prime_mcore.config import HF_CACHES
+
+    if s.cache not in HF_CACHES:
+        p.error(f"--cache {s.cache!r}: choose one of {', '.join(HF_CACHES)}")
     python = ensure_bench_venv(create=not args.no_setup)
     from tqdm import tqdm
 

@@ -161,6 +161,10 @@ class OptimConfig:
             raise ValueError(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
 
 
+HF_CACHES = ("dynamic", "static")
+"""KV caches of the "hf" rollout backend (rollout.hf_cache)."""
+
+
 @dataclass(kw_only=True)
 class RolloutConfig:
     """Sampling of K responses per prompt (spec 5.2: vLLM, T=1, top_p=1, K=4)."""
@@ -196,7 +200,7 @@ class RolloutConfig:
 
     def __post_init__(self) -> None:
         _one_of("rollout", "backend", self.backend, ("vllm", "hf"))
-        _one_of("rollout", "hf_cache", self.hf_cache, ("dynamic", "static"))
+        _one_of("rollout", "hf_cache", self.hf_cache, HF_CACHES)
         _positive("rollout", n_samples=self.n_samples, max_prompt_length=self.max_prompt_length,
                   max_response_length=self.max_response_length,
                   tensor_parallel_size=self.tensor_parallel_size,

@@ -16,18 +16,25 @@ def _ms(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def carry_flags(data_dir: Path) -> list[tuple[str, bool]] | None:
-    """Per test problem (rl_test.parquet order): (answer, does it carry or borrow?), rebuilt
-    from the task's generation record (builtin.json); None when that record is missing."""
+def _task_spec(data_dir: Path) -> dict | None:
+    """The built-in task's generation record (builtin.json), None when missing."""
+    stamp = data_dir / "builtin.json"
+    return json.loads(stamp.read_text()) if stamp.exists() else None
+
+
+def _flags_of(spec: dict) -> list[tuple[str, bool]] | None:
     from prime_mcore.data.builtin_task import has_carry, make_splits
 
-    stamp = data_dir / "builtin.json"
-    if not stamp.exists():
-        return None
-    spec = json.loads(stamp.read_text())
     (_, _, n_test), (lo, hi) = spec["n"], spec["operands"]
     test = make_splits(spec["seed"], *spec["n"], num_ops=spec["ops"], lo=lo, hi=hi).test
     return [(str(p.answer), has_carry(p)) for p in test] if len(test) == n_test else None
+
+
+def carry_flags(data_dir: Path) -> list[tuple[str, bool]] | None:
+    """Per test problem (rl_test.parquet order): (answer, does it carry or borrow?), rebuilt
+    from the task's generation record (builtin.json); None when that record is missing."""
+    spec = _task_spec(data_dir)
+    return None if spec is None else _flags_of(spec)
 
 
 def _fmean_or_na(values: list[float]) -> str:
@@ -42,7 +49,8 @@ def carry_breakdown(results: dict[str, list[dict]], run_dirs: dict[tuple[str, in
     with the test split (same length and, line by line, the same ground truth)."""
     from prime_mcore.trainers.report import markdown_table
 
-    flags = carry_flags(data_dir)
+    spec = _task_spec(data_dir)
+    flags = None if spec is None else _flags_of(spec)
     if flags is None:
         return ""
     rows = []
@@ -63,7 +71,7 @@ def carry_breakdown(results: dict[str, list[dict]], run_dirs: dict[tuple[str, in
                     per_kind[kind].append(100 * statistics.fmean(picked))
         rows.append((LABELS[arm], *(_fmean_or_na(per_kind[k]) for k in (True, False))))
     n_carry = sum(f for _, f in flags)
-    slip_rate, slip_mode = json.loads((data_dir / "builtin.json").read_text())["slip"]
+    slip_rate, slip_mode = spec["slip"]
     why = ("the SFT traces drop the carry or borrow, so imitation learns the bug and only a "
            "reward can remove it" if slip_mode == "carry" and slip_rate > 0 else
            f"the SFT teacher's slips are {slip_mode!r} at rate {slip_rate}")

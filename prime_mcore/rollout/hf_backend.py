@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from prime_mcore.config import HF_CACHES
 from prime_mcore.rollout.base import (
     FinishReason,
     RolloutOutput,
@@ -74,8 +75,8 @@ class HFBackend:
         ``tokenizer`` is needed only for stop strings; ``max_batch_size`` caps the
         sequences (prompts x n) per ``generate`` call; ``cache`` is the KV cache, "dynamic"
         or "static" (preallocated: no per-token concatenation)."""
-        if cache not in ("dynamic", "static"):
-            raise ValueError(f"cache={cache!r} must be 'dynamic' or 'static'")
+        if cache not in HF_CACHES:
+            raise ValueError(f"cache={cache!r} must be one of {list(HF_CACHES)}")
         self.model = model
         self.cache = cache
         self.tokenizer = tokenizer
