@@ -83,10 +83,11 @@ def _model_inputs(input_ids: Tensor, attention_mask: Tensor, prompt: int, length
     mask = attention_mask.bool()
     rows, width = input_ids.shape
     pad = mask.long().argmax(1)  # leading pad tokens: the first maximum (0 for an empty row)
-    cols = torch.arange(length).unsqueeze(0) + pad.unsqueeze(1)
+    # aranges on the batch's device: a batch already on the GPU stays there
+    cols = torch.arange(length, device=input_ids.device).unsqueeze(0) + pad.unsqueeze(1)
     tokens = input_ids.gather(1, cols.clamp(max=width - 1))
     tokens = torch.where(cols < width, tokens, torch.zeros_like(tokens))
-    steps = torch.arange(width - prompt).unsqueeze(0)
+    steps = torch.arange(width - prompt, device=input_ids.device).unsqueeze(0)
     index = (prompt - pad).unsqueeze(1) - 1 + steps
     return ModelInputs(
         tokens=tokens.to(device),

@@ -69,8 +69,10 @@ class Engine:
         """Log-probs [B, R] (fp32, 0 at padded response positions) of the response tokens.
 
         ``batch`` is the full global batch (see ``batching.py`` for the layout); the engine
-        takes this DP rank's rows and returns the full result, identical on every rank.
-        ``micro_batch_size`` is global (split over DP); B need not be a multiple of it.
+        takes this DP rank's rows and returns the full result, identical on every rank, on
+        the batch's device (a CPU batch gets CPU log-probs from a GPU engine, so the loop's
+        algebra never mixes devices). ``micro_batch_size`` is global (split over DP); B need
+        not be a multiple of it.
         """
         rows = batch["input_ids"].shape[0]
         multiple = micro_batch_size * (self.info.pp if self.info.vpp else 1)
@@ -89,7 +91,7 @@ class Engine:
         local = torch.cat([k["logp"] for k in kept]) if kept else None
         full = share_logprobs(local, rows=padded["input_ids"].shape[0],
                               width=batch["response_mask"].shape[1], device=self.info.device)
-        return full[:rows]
+        return full[:rows].to(batch["response_mask"].device)
 
     def train_step(self, loss_fn: LossFn, batch: Mapping[str, Tensor], *, micro_batch_size: int,
                    normalizer: str, temperature: float = 1.0) -> dict[str, float]:
@@ -108,7 +110,8 @@ class Engine:
                                 micro_batch_size: int, normalizer: str,
                                 temperature: float = 1.0) -> tuple[dict[str, float], Tensor]:
         """``train_step`` that also returns the log-probs [B, R] its forward computed, i.e.
-        with the weights BEFORE this step (identical on every rank, like ``logprobs``).
+        with the weights BEFORE this step (identical on every rank and on the batch's
+        device, like ``logprobs``).
 
         The PRM's single-forward update scores a mini-batch and trains on it; this gives the
         scores from the training forward instead of a second, no-grad forward.
@@ -150,7 +153,8 @@ class Engine:
         if keep_logp:
             local = torch.cat([k["_logp"] for k in kept]) if kept else None
             logp = share_logprobs(local, rows=batch["input_ids"].shape[0],
-                                  width=batch["response_mask"].shape[1], device=self.info.device)
+                                  width=batch["response_mask"].shape[1],
+                                  device=self.info.device).to(batch["response_mask"].device)
         return {**metrics, "grad_norm": float(grad_norm), "lr": float(lr)}, logp
 
     def save(self, path: str | Path, *, step: int, user_data: dict[str, Any] | None = None) -> None:

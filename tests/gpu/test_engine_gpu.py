@@ -1,6 +1,7 @@
-"""The engine on one GPU (skipped without CUDA): Transformer Engine spec in bf16, one FP8 step.
+"""The engine on one GPU (skipped without CUDA): the local (pure torch) spec and the
+Transformer Engine spec in bf16, resume, and one FP8 step.
 
-References are the local (pure torch) spec and HF transformers on the same weights; bf16
+References are HF transformers on the same weights and, for TE, the local spec; bf16
 tolerances are loose by nature (about 3 significant digits). Run: pytest tests/gpu -m gpu.
 """
 
@@ -53,21 +54,42 @@ def batch():
     return make_batch(rows=8, prompt=24, response=40, vocab=CFG.vocab_size, seed=0)
 
 
-def test_te_bf16_logprobs_match_local_and_hf(weights, batch):
-    _te_or_skip()
+def _nll(logp: torch.Tensor, mb: dict[str, torch.Tensor]):  # type: ignore[no-untyped-def]
+    return -(logp * mb["response_mask"]).sum(), {}
+
+
+def _impl_or_skip(impl: str) -> None:
+    if impl == "transformer_engine":
+        _te_or_skip()
+
+
+@pytest.mark.parametrize("impl", ["local", "transformer_engine"])
+def test_bf16_logprobs_match_hf(weights, batch, impl):
+    _impl_or_skip(impl)
     from tests.unit.engine.hf_reference import hf_logprobs
 
     hf, named = weights
+    engine = _engine(impl)
+    engine.load_state(named.items())
+    logp = engine.logprobs(batch, micro_batch_size=4)
+    assert logp.device == batch["response_mask"].device  # a CPU batch gets CPU log-probs
+    gap = (logp - hf_logprobs(hf, batch))[batch["response_mask"].bool()].abs()
+    assert gap.mean() < 3e-2
+    assert gap.max() < 0.3
+    on_gpu = engine.logprobs({k: v.cuda() for k, v in batch.items()}, micro_batch_size=4)
+    assert on_gpu.device.type == "cuda"  # and a GPU batch gets GPU log-probs
+    assert torch.allclose(on_gpu.cpu(), logp, atol=1e-5)
+
+
+def test_te_bf16_logprobs_match_local(weights, batch):
+    _te_or_skip()
+    _, named = weights
     te, local = _engine("transformer_engine"), _engine("local")
     te.load_state(named.items())
     local.load_state(named.items())
-    te_logp = te.logprobs(batch, micro_batch_size=4).cpu()
-    local_logp = local.logprobs(batch, micro_batch_size=4).cpu()
-    ref = hf_logprobs(hf, batch)
     mask = batch["response_mask"].bool()
-    assert (te_logp - local_logp)[mask].abs().mean() < 2e-2
-    assert (te_logp - ref)[mask].abs().mean() < 3e-2
-    assert (te_logp - ref)[mask].abs().max() < 0.3
+    te_logp = te.logprobs(batch, micro_batch_size=4).cpu()
+    assert (te_logp - local.logprobs(batch, micro_batch_size=4).cpu())[mask].abs().mean() < 2e-2
 
 
 def test_te_bf16_train_step_matches_local(weights, batch):
@@ -84,16 +106,28 @@ def test_te_bf16_train_step_matches_local(weights, batch):
     assert te["grad_norm"] == pytest.approx(local["grad_norm"], rel=5e-2)
 
 
-def test_te_bf16_resume(weights, batch, tmp_path):
-    _te_or_skip()
+def test_local_bf16_training_lowers_the_loss(weights, batch):
+    """Adam on fp32 master weights through Megatron's CUDA optimizer path (not the CPU one)."""
     _, named = weights
-    engine = _engine("transformer_engine", OPTIM)
+    engine = _engine("local", dataclasses.replace(OPTIM, lr=1e-3))
+    engine.load_state(named.items())
+    losses = [engine.train_step(_nll, batch, micro_batch_size=4,
+                                normalizer="token")["loss"] for _ in range(6)]
+    assert all(map(torch.isfinite, torch.tensor(losses)))
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+@pytest.mark.parametrize("impl", ["local", "transformer_engine"])
+def test_bf16_resume(weights, batch, tmp_path, impl):
+    _impl_or_skip(impl)
+    _, named = weights
+    engine = _engine(impl, OPTIM)
     engine.load_state(named.items())
     engine.train_step(token_loss, batch, micro_batch_size=4, normalizer="token")
     engine.save(tmp_path / "ck", step=1)
     engine.train_step(token_loss, batch, micro_batch_size=4, normalizer="token")
     uninterrupted = dict(engine.export_weights())
-    resumed = _engine("transformer_engine", OPTIM)
+    resumed = _engine(impl, OPTIM)
     assert resumed.load(tmp_path / "ck")[0] == 1
     resumed.train_step(token_loss, batch, micro_batch_size=4, normalizer="token")
     after = dict(resumed.export_weights())

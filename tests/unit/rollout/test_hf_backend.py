@@ -155,6 +155,11 @@ def test_make_backend_passes_the_hf_options(tiny_ckpt):
     cfg = RolloutConfig(backend="hf", hf_max_batch_size=96, hf_cache="static")
     backend = make_backend(cfg, tiny_ckpt)
     assert (backend.max_batch_size, backend.cache) == (96, "static")
+    assert backend.model.dtype == torch.float32
+    # the trainer's precision, on its device (the GPU when there is one)
+    bf16 = make_backend(cfg, tiny_ckpt, params_dtype="bf16")
+    assert bf16.model.dtype == torch.bfloat16
+    assert bf16.model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="hf_cache"):
         RolloutConfig(backend="hf", hf_cache="paged")
     with pytest.raises(ValueError, match="hf_max_batch_size"):
