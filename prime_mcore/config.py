@@ -226,6 +226,10 @@ class PRMConfig:
     """"batch_norm" (divide by max |reverse cumsum|) or "none"."""
     norm_scope: str = "rank"
     """batch_norm max over the DP rank's shard ("rank", as the reference repos) or "global"."""
+    norm_floor: float = 0.0
+    """Lower bound on batch_norm's denominator in implicit-reward (logit) units; 0 = the
+    reference repos. > 0 keeps an untrained PRM's noise from being scaled up to the outcome
+    reward's size (spec 12.5): process returns reach full weight once |beta sum q| >= it."""
     ref_type: str = "freeze"
     """"freeze" (frozen SFT copy) or "policy" (old policy log-probs as the reference)."""
     mini_batch_size: int = 256
@@ -242,6 +246,8 @@ class PRMConfig:
         _one_of("prm", "norm", self.norm, ("batch_norm", "none"))
         _one_of("prm", "norm_scope", self.norm_scope, ("rank", "global"))
         _one_of("prm", "ref_type", self.ref_type, ("freeze", "policy"))
+        if self.norm_floor < 0:
+            raise ValueError(f"prm.norm_floor={self.norm_floor} must be >= 0")
         _positive("prm", beta=self.beta, mini_batch_size=self.mini_batch_size,
                   micro_batch_size=self.micro_batch_size)
         if self.mini_batch_size % self.micro_batch_size:

@@ -52,6 +52,7 @@ def process_rewards(
     granularity: str = "token",
     norm: str = "batch_norm",
     denominator: Tensor | float | None = None,
+    norm_floor: float = 0.0,
 ) -> Tensor:
     """Token-level process rewards ``rm_scores [B, T]`` (spec 2.3-2.4).
 
@@ -63,6 +64,12 @@ def process_rewards(
         granularity: "token" (dense) or "whole" (the summed reward on the last valid token).
         norm: "batch_norm" (divide by max |reverse cumsum| + 1e-6 over this batch) or "none".
         denominator: a precomputed batch_norm D (e.g. a global max across DP ranks).
+        norm_floor: a lower bound on batch_norm's D, in units of the implicit reward
+            beta * sum q (the PRM's outcome logit), whatever the convention. 0 (the reference
+            repos) scales the largest process return to 1 however little the PRM knows, so
+            an untrained PRM's noise weighs as much as the outcome reward (spec 12.5); with
+            a floor f, returns are beta-scaled log-ratios divided by max(max|G|, f): they
+            reach full weight only once the PRM is confident (|logit| >= f).
     """
     _check("convention", convention, CONVENTIONS)
     _check("granularity", granularity, ("token", "whole"))
@@ -80,8 +87,13 @@ def process_rewards(
     else:  # the whole-response implicit reward on the last valid token (ORIG's sum)
         scores = torch.zeros_like(q)
         scores[rows[has_any], last[has_any]] = (q.sum(-1) * scale)[has_any]
+    if norm_floor < 0:
+        raise ValueError(f"norm_floor={norm_floor} must be >= 0")
     if norm == "batch_norm":
         d = batch_norm_denominator(scores) if denominator is None else denominator
+        if norm_floor > 0:  # score units: orig's are q (beta * q = logit units), verl's beta q
+            d = torch.clamp(torch.as_tensor(d, dtype=scores.dtype, device=scores.device),
+                            min=norm_floor * scale / beta)
         scores = scores / d
     return scores
 

@@ -72,7 +72,8 @@ def build_prm_update(cfg: RLConfig, engines: dict):
                       norm=cfg.prm.norm, norm_scope=cfg.prm.norm_scope, dp_size=info.dp,
                       group_size=cfg.rollout.n_samples, mini_batch_size=cfg.prm.mini_batch_size,
                       micro_batch_size=cfg.prm.micro_batch_size,
-                      use_policy_as_ref=cfg.prm.ref_type == "policy")
+                      use_policy_as_ref=cfg.prm.ref_type == "policy",
+                      norm_floor=cfg.prm.norm_floor)
     return PRM_UPDATES[cfg.prm.update](prm)
 
 

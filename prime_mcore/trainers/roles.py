@@ -106,8 +106,9 @@ class ImplicitPRM:
     def __init__(self, engine, reference, *, beta: float, convention: str, granularity: str,
                  norm: str, norm_scope: str, dp_size: int, group_size: int,
                  mini_batch_size: int, micro_batch_size: int,
-                 use_policy_as_ref: bool = False) -> None:
+                 use_policy_as_ref: bool = False, norm_floor: float = 0.0) -> None:
         self.engine, self.reference = engine, reference
+        self.norm_floor = norm_floor
         self.beta, self.convention, self.granularity = beta, convention, granularity
         self.norm, self.norm_scope, self.dp = norm, norm_scope, dp_size
         self.group_size = group_size
@@ -153,7 +154,8 @@ class ImplicitPRM:
 
     def rewards(self, logp_prm: Tensor, logp_ref: Tensor, mask: Tensor) -> Tensor:
         """rm_scores with batch_norm over each DP rank's shard ("rank") or the batch."""
-        kw = dict(beta=self.beta, convention=self.convention, granularity=self.granularity)
+        kw = dict(beta=self.beta, convention=self.convention, granularity=self.granularity,
+                  norm_floor=self.norm_floor)
         if self.norm != "batch_norm" or self.norm_scope == "global" or self.dp == 1:
             return algo.process_rewards(logp_prm, logp_ref, mask, norm=self.norm, **kw)
         # the reference repos normalise each DP rank's contiguous shard with its own max

@@ -55,7 +55,7 @@ def test_defaults_are_the_papers_run():
     cfg: RLConfig = OmegaConf.to_object(load())
     assert cfg.rollout.n_samples == 4 and cfg.rollout.temperature == 1.0
     assert cfg.rollout.max_response_length == 3072 and cfg.data.train_batch_size == 256
-    assert cfg.prm.beta == 0.05 and cfg.prm.update == "after"
+    assert cfg.prm.beta == 0.05 and cfg.prm.update == "after" and cfg.prm.norm_floor == 0.0
     assert cfg.prm.optim.lr == 1e-6 and cfg.prm.optim.weight_decay == 0.0
     assert cfg.prm.optim.clip_grad == 10.0 and cfg.prm.mini_batch_size == 256
     assert cfg.algo.optim.lr == 5e-7 and cfg.algo.optim.clip_grad == 1.0
@@ -74,6 +74,11 @@ def test_misspelt_override_fails_with_the_key_name():
 def test_bad_option_value_names_field_and_value():
     with pytest.raises(ValueError, match=r"prm.update='sometimes'"):
         OmegaConf.to_object(load(["prm.update=sometimes"]))
+
+
+def test_negative_norm_floor_is_an_error():
+    with pytest.raises(ValueError, match=r"prm.norm_floor=-0.5"):
+        OmegaConf.to_object(load(["prm.norm_floor=-0.5"]))
 
 
 def test_batch_not_divisible_by_mini_batch_names_fields():

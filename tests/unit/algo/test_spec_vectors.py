@@ -138,3 +138,21 @@ def test_verl_rloo_components():
     per_token = ret_rm[0] - torch.cat([ret_rm[0, 1:], ret_rm.new_zeros(1)])
     torch.testing.assert_close(per_token, t([3.74997, 2.416647, 2.416647, 2.416647, 1.083325]),
                                atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("convention", ["orig", "verl"])
+def test_norm_floor_bounds_the_denominator_in_logit_units(convention):
+    """The spec 12.5 remedy: D >= norm_floor, measured as beta * sum q in both conventions."""
+    kw = dict(beta=BETA, convention=convention)
+    plain = process_rewards(LOGP_PRM, LOGP_REF, MASK, **kw)
+    # the largest |return| here is beta * 3 = 0.15 logits: a lower floor changes nothing
+    torch.testing.assert_close(process_rewards(LOGP_PRM, LOGP_REF, MASK, norm_floor=0.1, **kw),
+                               plain)
+    # a floor of 2 logits: rewards are beta * q / 2 (verl's EOS slot still 0), not scaled to 1
+    floored = process_rewards(LOGP_PRM, LOGP_REF, MASK, norm_floor=2.0, **kw)
+    raw = process_rewards(LOGP_PRM, LOGP_REF, MASK, norm="none", **kw)
+    scale = BETA if convention == "orig" else 1.0
+    torch.testing.assert_close(floored, raw * scale / 2.0)
+    assert floored[0].tolist()[0] == pytest.approx(0.025)  # q = 1 on row 0's first token
+    with pytest.raises(ValueError, match="norm_floor"):
+        process_rewards(LOGP_PRM, LOGP_REF, MASK, norm_floor=-1.0, **kw)
