@@ -24,16 +24,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import zlib
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from prime_mcore import manifest as fmt
 from prime_mcore.config import ModelConfig
 from prime_mcore.convert.mapping import ConversionError
 
-MANIFEST = "prime_mcore.json"  # = prime_mcore.engine.manifest.MANIFEST (test-checked)
-MANIFEST_FORMAT = 1
+MANIFEST, MANIFEST_FORMAT = fmt.MANIFEST, fmt.FORMAT  # the engine's format (prime_mcore.manifest)
 MODEL_CONFIG = "model_config.json"
 HF_CONFIG = "hf_config.json"
 DIST = "dist"
@@ -83,58 +82,31 @@ def read_model_config(path: Path) -> ModelConfig:
         raise ConversionError(f"bad {path}: {err}") from err
 
 
-def _crc32(path: Path) -> int:
-    crc = 0
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 24):
-            crc = zlib.crc32(block, crc)
-    return crc
-
-
 def write_manifest(root: Path, info: dict[str, Any],
                    known: dict[str, tuple[int, int]] | None = None) -> None:
     """Checksum every file under ``root`` and write the manifest (last: its presence marks a
     complete checkpoint), in the engine's format. ``known``: (size, CRC32) already computed
     for some relative paths (used when the size still matches)."""
-    files = sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                   if p.is_file() and p.name != MANIFEST)
     entries = {}
-    for name in files:
+    for name in fmt.list_files(root):
         size = os.path.getsize(root / name)
         crc = known[name][1] if known and known.get(name, (-1, 0))[0] == size else None
-        entries[name] = {"size": size, "crc32": _crc32(root / name) if crc is None else crc}
-    body = {"format": MANIFEST_FORMAT, **info, "files": entries}
-    (root / MANIFEST).write_text(json.dumps(body, indent=1, sort_keys=True))
+        entries[name] = {"size": size, "crc32": fmt.crc32(root / name) if crc is None else crc}
+    fmt.write_body(root, info, entries)
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
     """The manifest, after checking that every listed file exists with its size (the CRCs are
     checked by ``verify_crcs``, which reads everything)."""
-    path = root / MANIFEST
-    if not root.is_dir():
-        raise ConversionError(f"checkpoint directory {root} does not exist")
-    if not path.is_file():
-        raise ConversionError(f"{path} is missing: {root} is not a prime_mcore checkpoint or its "
-                              "save was interrupted")
-    try:
-        body = json.loads(path.read_text())
-    except ValueError as err:
-        raise ConversionError(f"{path} is corrupt: {err}") from err
-    if body.get("format") != MANIFEST_FORMAT:
-        raise ConversionError(f"{path}: unsupported format {body.get('format')!r}")
+    body = fmt.parse(root, ConversionError)
     for name, entry in body["files"].items():
-        if not (root / name).is_file():
-            raise ConversionError(f"{root / name} is missing (listed in {path})")
-        if (size := os.path.getsize(root / name)) != entry["size"]:
-            raise ConversionError(f"{root / name} is truncated or corrupt: {size} bytes, "
-                                  f"expected {entry['size']}")
+        if (problem := fmt.check_file(root, name, entry, crc=False)) is not None:
+            raise ConversionError(f"{problem} (listed in {root / MANIFEST})")
     return body
 
 
 def verify_crcs(root: Path, manifest: dict[str, Any]) -> None:
     """ConversionError naming the first file whose CRC32 differs from the manifest's."""
     for name, entry in sorted(manifest["files"].items()):
-        if _crc32(root / name) != entry["crc32"]:
+        if fmt.crc32(root / name) != entry["crc32"]:
             raise ConversionError(f"{root / name} is corrupt: CRC32 mismatch")
-
-

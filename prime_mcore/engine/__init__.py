@@ -20,7 +20,8 @@ Interface (every call is collective: all ranks call it with the same arguments):
 Batches are the full global batch on every rank: ``input_ids``/``attention_mask`` [B, P+R]
 (left-padded prompt | right-padded response), ``response_mask`` [B, R] and any other [B, ...]
 tensors for the loss (``batching.py``). ``micro_batch_size`` counts rows of the global batch
-(split over DP). Results live on the engine's device (``info.device``). The loss normalizer
+(split over DP). Log-probs come back on the batch's device (a CPU batch gets CPU results
+from a GPU engine); the model lives on ``info.device``. The loss normalizer
 contract is in ``train_step.py``, checkpoint layout and atomicity in ``checkpoint.py``,
 weight names in ``weights.py``.
 """

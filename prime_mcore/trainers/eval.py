@@ -204,7 +204,7 @@ def load_weights(engine: Any, model: ModelConfig, path: str | None) -> str:
     if path is None:
         return common.init_weights(engine, model)
     from prime_mcore.convert.engine_io import load_hf_into_engine
-    from prime_mcore.engine.manifest import MANIFEST
+    from prime_mcore.manifest import MANIFEST
 
     root = Path(path)
     for cand in (root, root / "policy"):

@@ -44,12 +44,6 @@ def _storage(ckpt):
             for k, v in md.items()}
 
 
-def test_manifest_constants_match_the_engine():
-    from prime_mcore.engine import manifest
-
-    assert (dist_io.MANIFEST, dist_io.MANIFEST_FORMAT) == (manifest.MANIFEST, manifest.FORMAT)
-
-
 @pytest.mark.parametrize("case", ["qwen2_tied_gqa", "llama_untied_gqa"])
 def test_engine_loads_ours_and_saves_the_same_keys(tmp_path, world1, case):
     model = tiny_model(case)
