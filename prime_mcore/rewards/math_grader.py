@@ -20,6 +20,10 @@ _TAIL_MARKERS = ("be ", "is ", "are ", "=", ": ", "get ", "be\n", "is\n", "are\n
 _CONNECTIVE_RE = re.compile(r"^\s*(?:therefore|thus|hence|so|and)\b[,:]?", re.IGNORECASE)
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _MAX_ANSWER_CHARS = 1000  # no real answer is longer; caps math-verify / sympy work
+_INT_RE = re.compile(r"-?\d{1,100}")
+# quick_grade_math's bounds: extraction stays linear-time (a box is scanned to its end)
+_QUICK_MAX_CHARS = 20_000
+_QUICK_MAX_BOXES = 16
 _MV_TIMEOUT_S = 5
 
 
@@ -160,6 +164,33 @@ def answers_equivalent(gold: str, pred: str) -> bool:
     if norm_gold and norm_gold == norm_pred:
         return True
     return math_verify_equal(gold, pred) or prm800k_equal(gold, pred)
+
+
+def quick_grade_math(completion: object, ground_truth: object) -> VerifyResult | None:
+    """``grade_math``'s result where plain comparison decides it, else None.
+
+    Decides an integer ground truth against an integer answer (or no answer) with string
+    and int operations only: no sympy or math-verify, bounded work, safe to run in the
+    parent without the worker pool's timeouts. Everything else returns None.
+    """
+    if not isinstance(completion, str) or len(completion) > _QUICK_MAX_CHARS:
+        return None
+    if sum(completion.count(cmd) for cmd in _BOX_COMMANDS) > _QUICK_MAX_BOXES:
+        return None
+    if isinstance(ground_truth, bool) or not isinstance(ground_truth, str | int):
+        return None
+    gold = str(ground_truth).strip()
+    if not _INT_RE.fullmatch(gold):
+        return None
+    pred = extract_answer(completion)
+    if pred is None:
+        return VerifyResult(0.0, Reason.NO_ANSWER)
+    if not _INT_RE.fullmatch(pred):
+        return None
+    detail = f"pred={pred[:80]!r} gold={gold[:80]!r}"
+    if int(pred) == int(gold):
+        return VerifyResult(1.0, Reason.CORRECT, detail)
+    return VerifyResult(0.0, Reason.WRONG, detail)
 
 
 def grade_math(completion: str, ground_truth: object) -> VerifyResult:
