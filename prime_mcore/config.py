@@ -248,6 +248,9 @@ class PRMConfig:
         _one_of("prm", "ref_type", self.ref_type, ("freeze", "policy"))
         if self.norm_floor < 0:
             raise ValueError(f"prm.norm_floor={self.norm_floor} must be >= 0")
+        if self.norm_floor > 0 and self.norm != "batch_norm":
+            raise ValueError(f"prm.norm_floor={self.norm_floor} bounds batch_norm's denominator "
+                             f"and does nothing with prm.norm={self.norm!r}")
         _positive("prm", beta=self.beta, mini_batch_size=self.mini_batch_size,
                   micro_batch_size=self.micro_batch_size)
         if self.mini_batch_size % self.micro_batch_size:

@@ -59,7 +59,8 @@ def process_rewards(
     Args:
         logp_prm, logp_ref: per-token log-probs of the response tokens under PRM and reference.
         response_mask: valid response tokens, EOS included.
-        beta: the implicit reward's beta (used by "verl"; "orig" feeds unscaled q).
+        beta: the implicit reward's beta ("verl" scales q by it, "orig" feeds unscaled q;
+            both use it to express ``norm_floor`` in logit units).
         convention: "orig" or "verl" (see module docstring).
         granularity: "token" (dense) or "whole" (the summed reward on the last valid token).
         norm: "batch_norm" (divide by max |reverse cumsum| + 1e-6 over this batch) or "none".

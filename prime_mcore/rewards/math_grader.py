@@ -20,7 +20,7 @@ _TAIL_MARKERS = ("be ", "is ", "are ", "=", ": ", "get ", "be\n", "is\n", "are\n
 _CONNECTIVE_RE = re.compile(r"^\s*(?:therefore|thus|hence|so|and)\b[,:]?", re.IGNORECASE)
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _MAX_ANSWER_CHARS = 1000  # no real answer is longer; caps math-verify / sympy work
-_INT_RE = re.compile(r"-?\d{1,100}")
+_INT_RE = re.compile(r"-?[0-9]{1,100}")  # ASCII only: \d matches other scripts too
 # quick_grade_math's bounds: extraction stays linear-time (a box is scanned to its end)
 _QUICK_MAX_CHARS = 20_000
 _QUICK_MAX_BOXES = 16

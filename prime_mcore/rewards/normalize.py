@@ -116,8 +116,9 @@ def normalize_answer(expr: str) -> str:
     expr = re.sub(r"(\d)\s+(\d+/\d+)", r"\1+\2", expr)  # mixed number 7 3/4
     expr = re.sub(r"\s+", "", expr).replace("{", "").replace("}", "").lower()
     expr = expr.rstrip(".")
-    if re.fullmatch(r"[+-]?\d+(?:\.0*)?", expr):
-        expr = str(int(float(expr))) if len(expr) < 16 else expr.lstrip("+")
+    integer = re.fullmatch(r"([+-]?\d+)(?:\.0*)?", expr)
+    if integer and len(expr) <= 1000:  # int() is exact at any length (float was not)
+        expr = str(int(integer.group(1)))
     return expr
 
 

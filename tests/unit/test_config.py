@@ -79,6 +79,8 @@ def test_bad_option_value_names_field_and_value():
 def test_negative_norm_floor_is_an_error():
     with pytest.raises(ValueError, match=r"prm.norm_floor=-0.5"):
         OmegaConf.to_object(load(["prm.norm_floor=-0.5"]))
+    with pytest.raises(ValueError, match=r"prm.norm_floor=1.0 .* prm.norm='none'"):
+        OmegaConf.to_object(load(["prm.norm_floor=1.0", "prm.norm=none"]))
 
 
 def test_batch_not_divisible_by_mini_batch_names_fields():

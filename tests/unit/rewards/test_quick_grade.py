@@ -11,7 +11,9 @@ TEMPLATES = ["[OUTPUT] \\boxed{{{a}}}", "so the answer is {a}.", "The answer is 
              "\\boxed{{{b}}} then \\boxed{{{a}}}", "no final answer here", "\\boxed{{{a}",
              "answer: \\boxed{{{a}.}}", "\\boxed{{x = {a}}}", "\\boxed{{{a}/2}}",
              "\\boxed{{{a}}} is the answer"]
-ints = st.integers(-10**6, 10**6).map(str) | st.sampled_from(["0", "-0", "007", "10000000000"])
+ints = (st.integers(-10**6, 10**6).map(str)
+        | st.sampled_from(["0", "-0", "007", "10000000000", "0123456789012345", "5" * 40])
+        | st.from_regex(r"-?0{0,3}[0-9]{14,30}", fullmatch=True))
 
 
 @settings(max_examples=300, deadline=None)
@@ -33,9 +35,19 @@ def test_quick_grade_decides_integers_and_defers_the_rest():
     assert quick_grade_math("\\boxed{\\frac{24}{2}}", "12") is None
     assert quick_grade_math("\\boxed{12}", "\\frac{24}{2}") is None
     assert quick_grade_math("\\boxed{12}", True) is None
+    # only ASCII digits: other scripts' digits go to the workers
+    assert quick_grade_math("\\boxed{" + "\u0661" * 16 + "}", "1" * 16) is None
     # bounded work: long or box-heavy completions go to the pool (which has timeouts)
     assert quick_grade_math("x" * 20_001 + "\\boxed{12}", "12") is None
     assert quick_grade_math("\\boxed{" * 17 + "\\boxed{12}", "12") is None
+
+
+def test_long_integers_with_leading_zeros_are_not_zero():
+    """grade_math canonicalised integers through float below 16 characters only; longer ones
+    kept their leading zeros and sympy then read "0123456789012345" as 0."""
+    assert grade_math("\\boxed{0123456789012345}", "0").score == 0.0
+    assert grade_math("\\boxed{0123456789012345}", "123456789012345").score == 1.0
+    assert grade_math("\\boxed{9007199254740993}", "9007199254740992").score == 0.0
 
 
 def test_pool_grades_integer_items_without_workers():
