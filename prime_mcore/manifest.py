@@ -14,7 +14,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MANIFEST", "FORMAT", "crc32", "list_files", "write_body", "parse", "check_file"]
+__all__ = ["MANIFEST", "FORMAT", "crc32", "list_files", "entry", "write_body", "parse",
+           "check_file"]
 
 MANIFEST = "prime_mcore.json"
 FORMAT = 1
@@ -34,6 +35,11 @@ def list_files(root: Path) -> list[str]:
     """Every file under ``root`` (relative paths, sorted), the manifest excluded."""
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")
                   if p.is_file() and p.name != MANIFEST)
+
+
+def entry(path: Path, known_crc: int | None = None) -> dict[str, int]:
+    """A manifest entry {"size", "crc32"}; ``known_crc`` skips reading the file again."""
+    return {"size": os.path.getsize(path), "crc32": crc32(path) if known_crc is None else known_crc}
 
 
 def write_body(root: Path, info: dict[str, Any], entries: dict[str, dict[str, int]]) -> None:

@@ -75,6 +75,8 @@ def process_rewards(
     _check("convention", convention, CONVENTIONS)
     _check("granularity", granularity, ("token", "whole"))
     _check("norm", norm, ("batch_norm", "none"))
+    if norm_floor < 0:
+        raise ValueError(f"norm_floor={norm_floor} must be >= 0")
     mask = response_mask.bool()
     q = log_ratio(logp_prm, logp_ref, mask)
     scale = 1.0 if convention == "orig" else beta
@@ -88,8 +90,6 @@ def process_rewards(
     else:  # the whole-response implicit reward on the last valid token (ORIG's sum)
         scores = torch.zeros_like(q)
         scores[rows[has_any], last[has_any]] = (q.sum(-1) * scale)[has_any]
-    if norm_floor < 0:
-        raise ValueError(f"norm_floor={norm_floor} must be >= 0")
     if norm == "batch_norm":
         d = batch_norm_denominator(scores) if denominator is None else denominator
         if norm_floor > 0:  # score units: orig's are q (beta * q = logit units), verl's beta q

@@ -87,11 +87,12 @@ def write_manifest(root: Path, info: dict[str, Any],
     """Checksum every file under ``root`` and write the manifest (last: its presence marks a
     complete checkpoint), in the engine's format. ``known``: (size, CRC32) already computed
     for some relative paths (used when the size still matches)."""
+    known = known or {}
     entries = {}
     for name in fmt.list_files(root):
-        size = os.path.getsize(root / name)
-        crc = known[name][1] if known and known.get(name, (-1, 0))[0] == size else None
-        entries[name] = {"size": size, "crc32": fmt.crc32(root / name) if crc is None else crc}
+        size, crc = known.get(name, (-1, None))
+        entries[name] = fmt.entry(root / name, crc if size == os.path.getsize(root / name)
+                                  else None)
     fmt.write_body(root, info, entries)
 
 

@@ -8,7 +8,6 @@ i % world_size, so the cost per rank is the checkpoint size / world size.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +34,7 @@ def write_manifest(root: Path, info: dict[str, Any]) -> None:
     """Collective: checksum every file under ``root`` and write the manifest (rank 0)."""
     files = fmt.list_files(root)
     rank, world = dist.get_rank(), dist.get_world_size()
-    mine = {name: {"size": os.path.getsize(root / name), "crc32": fmt.crc32(root / name)}
-            for i, name in enumerate(files) if i % world == rank}
+    mine = {name: fmt.entry(root / name) for i, name in enumerate(files) if i % world == rank}
     entries = _gather_dicts(mine)
     if rank == 0:
         fmt.write_body(root, info, {k: entries[k] for k in files})

@@ -19,6 +19,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from multiprocessing.connection import Connection, wait
 
+from prime_mcore.rewards.math_grader import quick_grade_math
 from prime_mcore.rewards.result import Reason, VerifyResult
 
 MATH_TIMEOUT_S = 20.0
@@ -59,8 +60,6 @@ def _quick(item: Sequence[object]) -> VerifyResult | None:
     ability, completion, ground_truth = item
     if not (isinstance(ability, str) and ability.strip().lower() == "math"):
         return None
-    from prime_mcore.rewards.math_grader import quick_grade_math
-
     try:
         return quick_grade_math(completion, ground_truth)
     except Exception:  # never decide here what the worker would report as an error

@@ -187,10 +187,13 @@ def quick_grade_math(completion: object, ground_truth: object) -> VerifyResult |
         return VerifyResult(0.0, Reason.NO_ANSWER)
     if not _INT_RE.fullmatch(pred):
         return None
+    return _graded(gold, pred, int(pred) == int(gold))
+
+
+def _graded(gold: str, pred: str, equal: bool) -> VerifyResult:
     detail = f"pred={pred[:80]!r} gold={gold[:80]!r}"
-    if int(pred) == int(gold):
-        return VerifyResult(1.0, Reason.CORRECT, detail)
-    return VerifyResult(0.0, Reason.WRONG, detail)
+    return (VerifyResult(1.0, Reason.CORRECT, detail) if equal
+            else VerifyResult(0.0, Reason.WRONG, detail))
 
 
 def grade_math(completion: str, ground_truth: object) -> VerifyResult:
@@ -204,8 +207,5 @@ def grade_math(completion: str, ground_truth: object) -> VerifyResult:
     pred = extract_answer(completion)
     if pred is None:
         return VerifyResult(0.0, Reason.NO_ANSWER)
-    detail = f"pred={pred[:80]!r} gold={gold[:80]!r}"
-    if answers_equivalent(gold, pred):
-        return VerifyResult(1.0, Reason.CORRECT, detail)
-    return VerifyResult(0.0, Reason.WRONG, detail)
+    return _graded(gold, pred, answers_equivalent(gold, pred))
 

@@ -8,8 +8,7 @@ from typing import Any
 from prime_mcore.config import RolloutConfig
 from prime_mcore.rollout.base import RolloutBackend
 
-VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
-HF_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}  # torch dtype names, resolved lazily
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16"}  # model.params_dtype -> torch/vLLM name
 
 
 def make_backend(cfg: RolloutConfig, model_path: str | os.PathLike[str], *,
@@ -26,14 +25,14 @@ def make_backend(cfg: RolloutConfig, model_path: str | os.PathLike[str], *,
         from prime_mcore.rollout.vllm_backend import VLLMBackend
 
         if params_dtype is not None:
-            kwargs.setdefault("dtype", VLLM_DTYPES[params_dtype])
+            kwargs.setdefault("dtype", DTYPE_NAMES[params_dtype])
         return VLLMBackend.from_config(model_path, cfg, **kwargs)
     if cfg.backend == "hf":
         import torch
 
         from prime_mcore.rollout.hf_backend import HFBackend
 
-        kwargs.setdefault("dtype", getattr(torch, HF_DTYPES[params_dtype or "fp32"]))
+        kwargs.setdefault("dtype", getattr(torch, DTYPE_NAMES[params_dtype or "fp32"]))
         kwargs.setdefault("device", torch.device("cuda", torch.cuda.current_device())
                           if torch.cuda.is_available() else "cpu")
         kwargs.setdefault("max_batch_size", cfg.hf_max_batch_size)
