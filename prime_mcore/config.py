@@ -276,7 +276,12 @@ class AlgoConfig:
     loss_agg: str = "seq-mean-token-mean"
     """"seq-mean-token-mean" (ORIG with 1 sequence per micro-batch) or "token-mean" (verl)."""
     entropy_coef: float = 0.0
+    """Entropy bonus: the loss subtracts coef * entropy, aggregated like the PPO loss (the
+    paper's run 0; veRL's prime config 0.001). Costs one more pass over the vocabulary."""
     kl_coef: float = 0.0
+    """KL loss to the frozen initial policy (k3 estimator, clamped at 10), aggregated like
+    the PPO loss; 0 in both reference runs (spec 5.1). > 0 builds a reference engine for
+    RLOO too; PRIME with prm.ref_type=freeze at T = 1 reuses the PRM's reference."""
     ppo_epochs: int = 1
     mini_batch_size: int = 256
     """Responses per policy optimizer step (4 steps per rollout step at 1024 responses)."""
@@ -303,6 +308,9 @@ class AlgoConfig:
                   max_refill_rounds=self.max_refill_rounds)
         if self.dual_clip is not None and self.dual_clip <= 1.0:
             raise ValueError(f"algo.dual_clip={self.dual_clip} must be > 1")
+        for name in ("entropy_coef", "kl_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"algo.{name}={getattr(self, name)} must be >= 0")
         if not 0.0 <= self.filter_low <= self.filter_high <= 1.0:
             raise ValueError(f"algo: need 0 <= filter_low <= filter_high <= 1, got "
                              f"filter_low={self.filter_low} filter_high={self.filter_high}")

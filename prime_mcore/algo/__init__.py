@@ -16,10 +16,11 @@ from prime_mcore.algo.implicit_prm import (
     process_rewards,
 )
 from prime_mcore.algo.masking import masked_mean, masked_sum, masked_whiten, reverse_cumsum
-from prime_mcore.algo.policy_loss import kl_k3, ppo_policy_loss
+from prime_mcore.algo.policy_loss import aggregate, kl_k3, ppo_policy_loss
 
 __all__ = [
     "accuracy_filter",
+    "aggregate",
     "batch_norm_denominator",
     "dpo_accuracy",
     "dpo_accuracy_abs",

@@ -79,7 +79,8 @@ class Engine:
         padded, _ = pad_rows(batch, multiple)
         micro, length = self._micro_batches(padded, micro_batch_size)
 
-        def head(logp: Tensor, mb: MicroBatch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        def head(logp: Tensor, mb: MicroBatch,
+                 entropy: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
             return logp.sum(), torch.zeros((), dtype=torch.int, device=logp.device), {"logp": logp}
 
         for module in self._modules:
@@ -94,7 +95,8 @@ class Engine:
         return full[:rows].to(batch["response_mask"].device)
 
     def train_step(self, loss_fn: LossFn, batch: Mapping[str, Tensor], *, micro_batch_size: int,
-                   normalizer: str, temperature: float = 1.0) -> dict[str, float]:
+                   normalizer: str, temperature: float = 1.0,
+                   entropy: bool = False) -> dict[str, float]:
         """One optimizer step on the global mini-batch ``batch``.
 
         The gradient is that of ``sum(loss_sum) / D`` over the global batch, with D the number
@@ -102,13 +104,16 @@ class Engine:
         ``train_step.py`` for the exact ``loss_fn`` contract. ``micro_batch_size`` is global
         (split over DP) and must divide B. Returns ``loss`` (sum / D), ``denominator`` (D),
         ``grad_norm`` (before clipping), ``lr`` and each ``loss_fn`` metric summed / D.
+        ``entropy`` also passes ``loss_fn`` the per-token entropy (``entropy=`` keyword).
         """
         return self._train(loss_fn, batch, micro_batch_size=micro_batch_size,
-                           normalizer=normalizer, temperature=temperature, keep_logp=False)[0]
+                           normalizer=normalizer, temperature=temperature, keep_logp=False,
+                           entropy=entropy)[0]
 
     def train_step_and_logprobs(self, loss_fn: LossFn, batch: Mapping[str, Tensor], *,
                                 micro_batch_size: int, normalizer: str,
-                                temperature: float = 1.0) -> tuple[dict[str, float], Tensor]:
+                                temperature: float = 1.0,
+                                entropy: bool = False) -> tuple[dict[str, float], Tensor]:
         """``train_step`` that also returns the log-probs [B, R] its forward computed, i.e.
         with the weights BEFORE this step (identical on every rank and on the batch's
         device, like ``logprobs``).
@@ -118,13 +123,13 @@ class Engine:
         """
         metrics, logp = self._train(loss_fn, batch, micro_batch_size=micro_batch_size,
                                     normalizer=normalizer, temperature=temperature,
-                                    keep_logp=True)
+                                    keep_logp=True, entropy=entropy)
         assert logp is not None
         return metrics, logp
 
     def _train(self, loss_fn: LossFn, batch: Mapping[str, Tensor], *, micro_batch_size: int,
-               normalizer: str, temperature: float,
-               keep_logp: bool) -> tuple[dict[str, float], Tensor | None]:
+               normalizer: str, temperature: float, keep_logp: bool,
+               entropy: bool) -> tuple[dict[str, float], Tensor | None]:
         if self._optimizer is None or self._scheduler is None:
             raise RuntimeError(f"the {self.role} engine is frozen: it has no optimizer")
         head = make_head(loss_fn, normalizer, keep_logp=keep_logp)
@@ -140,7 +145,8 @@ class Engine:
         self._scheduler.step(1)
         kept = run_schedule(self._modules, micro, positions=self._positions,
                             seq_length=length, head=head, temperature=temperature,
-                            vocab_size=self._chunks.vocab_size, forward_only=False)
+                            vocab_size=self._chunks.vocab_size, forward_only=False,
+                            entropy=entropy)
         with cuda_type_names():
             if self._optimizer.config.clip_grad > 0:
                 _, grad_norm, _ = self._optimizer.step()

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from prime_mcore.engine.batching import ModelInputs
 
-__all__ = ["ResponsePositions", "token_logprobs", "share_logprobs"]
+__all__ = ["ResponsePositions", "token_entropy", "token_logprobs", "share_logprobs"]
 
 
 class ResponsePositions:
@@ -73,6 +73,45 @@ def token_logprobs(logits: Tensor, inputs: ModelInputs, *, temperature: float,
     # The function works in place on its input, as Megatron's own loss does on the logits.
     neg_logp = tensor_parallel.vocab_parallel_cross_entropy(selected, inputs.targets)
     return torch.where(inputs.valid, -neg_logp, torch.zeros_like(neg_logp))
+
+
+def token_entropy(logits: Tensor, inputs: ModelInputs, *, temperature: float,
+                  vocab_size: int) -> Tensor:
+    """Entropy [b, R] of the next-token distribution at each response position (0 where
+    ``inputs.valid`` is False), differentiable, with the vocabulary split over TP.
+
+    H = log S - sum_v e_v z_v / S with z = logits / T - max and e = exp(z), S = sum_v e_v:
+    the max is all-reduced (no gradient: H does not depend on it), S and sum e z are summed
+    over TP ranks by an all-reduce whose backward is the identity (each rank's slice owns
+    its columns' gradient). Builds new tensors only: ``token_logprobs`` may then overwrite
+    ``logits`` in place.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be > 0")
+    local_vocab = logits.shape[-1]
+    z = logits.float() / temperature
+    start = mpu.get_tensor_model_parallel_rank() * local_vocab
+    padding = None
+    if start + local_vocab > vocab_size:
+        padding = torch.arange(start, start + local_vocab, device=logits.device) >= vocab_size
+    with torch.no_grad():
+        top = z if padding is None else z.masked_fill(padding, float("-inf"))
+        top = top.max(-1, keepdim=True).values
+        if mpu.get_tensor_model_parallel_world_size() > 1:
+            dist.all_reduce(top, op=dist.ReduceOp.MAX,
+                            group=mpu.get_tensor_model_parallel_group())
+    z = z - top
+    if padding is not None:
+        z = z.masked_fill(padding, 0.0)
+    e = torch.exp(z)
+    if padding is not None:
+        e = e.masked_fill(padding, 0.0)
+    s, ez = e.sum(-1), (e * z).sum(-1)
+    if mpu.get_tensor_model_parallel_world_size() > 1:
+        s = tensor_parallel.reduce_from_tensor_model_parallel_region(s)
+        ez = tensor_parallel.reduce_from_tensor_model_parallel_region(ez)
+    entropy = torch.log(s) - ez / s
+    return torch.where(inputs.valid, entropy, torch.zeros_like(entropy))
 
 
 def share_logprobs(local: Tensor | None, *, rows: int, width: int,

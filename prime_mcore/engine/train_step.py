@@ -5,6 +5,9 @@ Contract of ``loss_fn(logp, micro_batch) -> (loss_sum, metrics)``:
 - ``logp`` [b, R]: differentiable log-probs (at the given temperature) of the response tokens
   of one micro-batch, 0 at padded response positions; ``micro_batch`` holds the
   micro-batch's rows of every tensor of the batch (``response_mask``, advantages, ...).
+  A step with ``entropy=True`` calls ``loss_fn(logp, micro_batch, entropy=ent)`` with the
+  differentiable entropy [b, R] of each response position's next-token distribution (at
+  the same temperature, 0 at padded positions), e.g. for an entropy bonus.
 - ``loss_sum`` is a SUM, never a mean, and the engine divides it by a global count D:
 
   - ``normalizer="token"``: D = number of response tokens (``response_mask.sum()``) in the
@@ -42,7 +45,7 @@ from prime_mcore.engine.batching import MicroBatch
 
 __all__ = ["LossFn", "NORMALIZERS", "make_head", "reduce_metrics"]
 
-LossFn = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, dict[str, Tensor | float]]]
+LossFn = Callable[..., tuple[Tensor, dict[str, Tensor | float]]]
 NORMALIZERS = ("token", "sequence")
 RESERVED_METRICS = frozenset({"loss", "denominator", "grad_norm", "lr"})
 
@@ -54,8 +57,10 @@ def make_head(loss_fn: LossFn, normalizer: str, *,  # type: ignore[no-untyped-de
     if normalizer not in NORMALIZERS:
         raise ValueError(f"normalizer={normalizer!r} is not one of {list(NORMALIZERS)}")
 
-    def head(logp: Tensor, micro_batch: MicroBatch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        loss_sum, metrics = loss_fn(logp, micro_batch.data)
+    def head(logp: Tensor, micro_batch: MicroBatch,
+             entropy: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        extra = {} if entropy is None else {"entropy": entropy}
+        loss_sum, metrics = loss_fn(logp, micro_batch.data, **extra)
         if loss_sum.dim() != 0:
             raise ValueError(f"loss_fn must return a scalar sum, got shape {tuple(loss_sum.shape)}")
         if normalizer == "token":

@@ -54,13 +54,19 @@ def build_engines(cfg: RLConfig):
         prm_steps = cfg.run.max_steps * (responses // cfg.prm.mini_batch_size)
         engines["prm"] = build_engine(cfg.model, cfg.parallel, cfg.prm.optim, role="prm",
                                       seed=seed, total_steps=prm_steps)
-        if cfg.prm.ref_type == "freeze":
-            engines["reference"] = build_engine(cfg.model, cfg.parallel, None, role="reference",
-                                                seed=seed)
+    if (cfg.algo.name == "prime" and cfg.prm.ref_type == "freeze") or cfg.algo.kl_coef > 0:
+        engines["reference"] = build_engine(cfg.model, cfg.parallel, None, role="reference",
+                                            seed=seed)
     for engine in engines.values():
         source = common.init_weights(engine, cfg.model)
     log.info("policy/PRM/reference initialised from %s", source)
     return engines
+
+
+def _prm_reference_is_kl_reference(cfg: RLConfig) -> bool:
+    """The PRM's reference log-probs are the KL loss's: frozen initial weights, at T = 1."""
+    return (cfg.algo.name == "prime" and cfg.prm.ref_type == "freeze"
+            and (cfg.rollout.temperature or 1.0) == 1.0)
 
 
 def build_prm_update(cfg: RLConfig, engines: dict):
@@ -96,7 +102,10 @@ def build_rl(cfg: RLConfig) -> PrimeTrainer:
                     mini_batch_size=cfg.algo.mini_batch_size,
                     micro_batch_size=cfg.algo.micro_batch_size, clip_eps=cfg.algo.clip_eps,
                     dual_clip=cfg.algo.dual_clip, agg=cfg.algo.loss_agg,
-                    ppo_epochs=cfg.algo.ppo_epochs, shuffle=cfg.algo.shuffle)
+                    ppo_epochs=cfg.algo.ppo_epochs, shuffle=cfg.algo.shuffle,
+                    entropy_coef=cfg.algo.entropy_coef, kl_coef=cfg.algo.kl_coef,
+                    reference=engines.get("reference"),
+                    reuse_prm_reference=_prm_reference_is_kl_reference(cfg))
     rollout = RolloutSide(cfg, engines["policy"], tokenizer, tok_path, run_dir)
     source = PromptSource(len(train), seed=cfg.data.seed, shuffle=cfg.data.shuffle)
     collector = None

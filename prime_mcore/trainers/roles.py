@@ -32,15 +32,29 @@ def _mean(dicts: list[dict[str, float]]) -> dict[str, float]:
 
 
 class Policy:
-    """The policy: recomputes old log-probs and takes PPO steps on mini-batches."""
+    """The policy: recomputes old log-probs and takes PPO steps on mini-batches.
+
+    Optional regularisers (both 0 in the paper's run, spec 5.1), aggregated like the PPO
+    loss: ``entropy_coef`` subtracts coef * entropy of the next-token distributions (veRL's
+    prime config: 0.001); ``kl_coef`` adds coef * KL(pi || ref) per token, with the k3
+    ("low_var_kl") estimator clamped at 10, against ``reference`` (the frozen initial
+    policy) at the rollout temperature. ``reuse_prm_reference``: the PRM's reference
+    log-probs (``batch["logp_ref"]``) are exactly those (frozen SFT weights, T = 1), so no
+    second reference forward runs.
+    """
 
     def __init__(self, engine, *, temperature: float, mini_batch_size: int,
                  micro_batch_size: int, clip_eps: float, dual_clip: float | None, agg: str,
-                 ppo_epochs: int, shuffle: bool) -> None:
+                 ppo_epochs: int, shuffle: bool, entropy_coef: float = 0.0,
+                 kl_coef: float = 0.0, reference=None, reuse_prm_reference: bool = False) -> None:
+        if kl_coef > 0 and reference is None and not reuse_prm_reference:
+            raise ValueError("kl_coef > 0 needs a reference engine")
         self.engine, self.temperature = engine, temperature
         self.mini, self.micro = mini_batch_size, micro_batch_size
         self.clip_eps, self.dual_clip, self.agg = clip_eps, dual_clip, agg
         self.epochs, self.shuffle = ppo_epochs, shuffle
+        self.entropy_coef, self.kl_coef = entropy_coef, kl_coef
+        self.reference, self.reuse_prm_reference = reference, reuse_prm_reference
 
     def logprobs(self, batch: Batch) -> Tensor:
         return self.engine.logprobs(batch, micro_batch_size=self.micro,
@@ -59,13 +73,29 @@ class Policy:
             return None
         return self.logprobs(batch)
 
-    def _loss_fn(self, logp: Tensor, mb: dict[str, Tensor]):
+    def kl_reference_logprobs(self, batch: Batch) -> Tensor:
+        """log pi_ref of the responses at the rollout temperature, for the KL loss."""
+        if self.reuse_prm_reference:
+            return batch["logp_ref"]
+        return self.reference.logprobs(batch, micro_batch_size=self.micro,
+                                       temperature=self.temperature)
+
+    def _loss_fn(self, logp: Tensor, mb: dict[str, Tensor], entropy: Tensor | None = None):
         mask = mb["response_mask"].bool()
         # without precomputed old log-probs this is the single update: old = this forward
         old = mb["logp_old"] if "logp_old" in mb else logp.detach()
         loss, m = algo.ppo_policy_loss(logp, old, mb["advantages"], mask,
                                        clip_eps=self.clip_eps, dual_clip=self.dual_clip,
                                        agg=self.agg)
+        if entropy is not None:
+            mean_entropy = algo.aggregate(entropy, mask, self.agg)
+            loss = loss - self.entropy_coef * mean_entropy
+            m["entropy"] = float(mean_entropy.detach())
+        if self.kl_coef > 0:
+            kl = algo.aggregate(algo.kl_k3(logp, mb["logp_kl_ref"], mask).clamp(max=10.0),
+                                mask, self.agg)
+            loss = loss + self.kl_coef * kl
+            m["kl_loss"] = float(kl.detach())
         # the engine divides sums by the global token (or sequence) count: undo the mean here
         count = mask.sum() if self.agg == "token-mean" else mask.any(-1).sum()
         metrics = {f"policy/{k}": v * count for k, v in m.items()}
@@ -78,7 +108,9 @@ class Policy:
         rows = batch["input_ids"].shape[0]
         normalizer = "token" if self.agg == "token-mean" else "sequence"
         kw = dict(micro_batch_size=self.micro, normalizer=normalizer,
-                  temperature=self.temperature)
+                  temperature=self.temperature, entropy=self.entropy_coef > 0)
+        if self.kl_coef > 0:
+            batch["logp_kl_ref"] = self.kl_reference_logprobs(batch)
         results = []
         gen = torch.Generator().manual_seed(seed)
         for _ in range(self.epochs):

@@ -21,12 +21,25 @@ from pathlib import Path
 
 import torch
 
-from tests.unit.engine.cases import LOSSES, MODELS, OPTIM, TOTAL_STEPS, make_batch
+from tests.unit.engine.cases import (
+    LOSSES,
+    MODELS,
+    OPTIM,
+    TOTAL_STEPS,
+    make_batch,
+    sequence_entropy_loss,
+)
 
 SEED = 7
 STEPS = {"token": 2, "sequence": 1}  # token: 2 steps, the second one is the resume reference
 LOGP_TEMPERATURE = 0.8
 BOTH, QWEN2, LLAMA = ("qwen2", "llama"), ("qwen2",), ("llama",)
+# The sequence-normalized step carries an entropy bonus: TP splits the vocabulary, so the
+# entropy's all-reduces and their gradients are checked at every layout.
+STEP_LOSSES = {"token": (LOSSES["token"], {}), "sequence": (sequence_entropy_loss,
+                                                            {"entropy": True})}
+METRICS = {"token": ("loss", "grad_norm", "lr", "clipfrac"),
+           "sequence": ("loss", "grad_norm", "lr", "clipfrac", "entropy")}
 # name -> (ParallelConfig kwargs, architectures); DP = world / (tp * pp). Both architectures
 # where tying, bias or depth matter (TP shards the QKV bias, PP splits tied embeddings).
 LAYOUTS: dict[str, tuple[dict, tuple[str, ...]]] = {
@@ -73,14 +86,14 @@ def reference(out: Path) -> None:
         engine.save(root / "init", step=0)
         ref: dict = {"logp": engine.logprobs(logp_batch, micro_batch_size=2,
                                              temperature=LOGP_TEMPERATURE)}
-        for norm, loss_fn in LOSSES.items():
+        for norm, (loss_fn, kw) in STEP_LOSSES.items():
             engine = _engine(arch, ParallelConfig())
             engine.load(root / "init")
             if norm == "sequence":  # the log-probs train_step_and_logprobs must return
                 ref["train_logp"] = engine.logprobs(train[0], micro_batch_size=4)
             for step, batch in enumerate(train[:STEPS[norm]]):
                 ref[f"{norm}/metrics/{step}"] = engine.train_step(
-                    loss_fn, batch, micro_batch_size=4, normalizer=norm)
+                    loss_fn, batch, micro_batch_size=4, normalizer=norm, **kw)
                 ref[f"{norm}/weights/{step}"] = _weights(engine)
                 if norm == "token" and step == 0:
                     engine.save(root / "step1_world1", step=1, user_data={"layout": "world1"})
@@ -105,19 +118,20 @@ def _compare_layout(name: str, arch: str, out: Path, source: str, results: dict)
     results[f"{key}/logprobs"] = float((logp - ref["logp"]).abs().max())
     init = _weights(engine)
 
-    for norm, loss_fn in LOSSES.items():
+    for norm, (loss_fn, kw) in STEP_LOSSES.items():
         engine = _engine(arch, parallel)  # fresh optimizer: the same state as the checkpoint's
         engine.load_state(init.items())
         for step, batch in enumerate(train[:STEPS[norm]]):
             if norm == "sequence" and step == 0:  # the PRM's single-forward step
                 metrics, logp = engine.train_step_and_logprobs(
-                    loss_fn, batch, micro_batch_size=4, normalizer=norm)
+                    loss_fn, batch, micro_batch_size=4, normalizer=norm, **kw)
                 results[f"{key}/train_logprobs"] = float((logp - ref["train_logp"]).abs().max())
             else:
-                metrics = engine.train_step(loss_fn, batch, micro_batch_size=4, normalizer=norm)
+                metrics = engine.train_step(loss_fn, batch, micro_batch_size=4, normalizer=norm,
+                                            **kw)
             want = ref[f"{norm}/metrics/{step}"]
             results[f"{key}/{norm}/step{step}/metrics"] = max(
-                abs(metrics[k] - want[k]) for k in ("loss", "grad_norm", "lr", "clipfrac"))
+                abs(metrics[k] - want[k]) for k in METRICS[norm])
             results[f"{key}/{norm}/step{step}/weights"] = _max_diff(
                 _weights(engine), ref[f"{norm}/weights/{step}"])
             if norm == "token" and step == 0:

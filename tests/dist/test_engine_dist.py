@@ -6,7 +6,8 @@ against them:
 
 - log-probs after loading the world-1 checkpoint (tolerance 1e-5);
 - train steps on the same global batches (2 with the token normalizer, 1 with the sequence
-  one): loss, grad norm, lr and the loss_fn metric, and every full weight after each (1e-5);
+  one, which adds an entropy bonus: TP splits the vocabulary the entropy sums over): loss,
+  grad norm, lr and the loss_fn metrics, and every full weight after each (1e-5);
   the sequence step runs as ``train_step_and_logprobs``, whose log-probs must equal the
   world-1 ``logprobs`` of that batch before the step (1e-5);
 - resume: a step-1 checkpoint saved at one layout (with optimizer state), loaded at this

@@ -83,6 +83,16 @@ def test_negative_norm_floor_is_an_error():
         OmegaConf.to_object(load(["prm.norm_floor=1.0", "prm.norm=none"]))
 
 
+def test_regulariser_coefficients():
+    with pytest.raises(ValueError, match=r"algo.kl_coef=-0.1 must be >= 0"):
+        OmegaConf.to_object(load(["algo.kl_coef=-0.1"]))
+    with pytest.raises(ValueError, match=r"algo.entropy_coef=-0.001 must be >= 0"):
+        OmegaConf.to_object(load(["algo.entropy_coef=-0.001"]))
+    # the veRL preset carries veRL's prime entropy bonus (spec 5.1); ORIG's is 0
+    verl = OmegaConf.to_object(load(["algo=prime_verl"]))
+    assert verl.algo.entropy_coef == 0.001 and verl.algo.kl_coef == 0.0
+
+
 def test_batch_not_divisible_by_mini_batch_names_fields():
     with pytest.raises(ValueError) as err:
         OmegaConf.to_object(load(["data.train_batch_size=10", "algo.mini_batch_size=16",

@@ -84,4 +84,14 @@ def sequence_loss(logp: Tensor, mb: dict[str, Tensor]) -> tuple[Tensor, dict[str
     return (per_token.sum(1) / count).sum(), {"clipfrac": (was_clipped.sum(1) / count).sum()}
 
 
+def sequence_entropy_loss(logp: Tensor, mb: dict[str, Tensor],
+                          entropy: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """``sequence_loss`` minus an entropy bonus (a step with ``entropy=True``)."""
+    loss, metrics = sequence_loss(logp, mb)
+    mask = mb["response_mask"].float()
+    per_row = (entropy * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return loss - ENTROPY_COEF * per_row.sum(), {**metrics, "entropy": per_row.sum()}
+
+
+ENTROPY_COEF = 0.1
 LOSSES = {"token": token_loss, "sequence": sequence_loss}

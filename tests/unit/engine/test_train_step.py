@@ -9,7 +9,15 @@ import torch
 
 from prime_mcore.config import OptimConfig, ParallelConfig
 from prime_mcore.engine import build_engine
-from tests.unit.engine.cases import LOSSES, MODELS, OPTIM, make_batch, token_loss
+from tests.unit.engine.cases import (
+    ENTROPY_COEF,
+    LOSSES,
+    MODELS,
+    OPTIM,
+    make_batch,
+    sequence_entropy_loss,
+    token_loss,
+)
 from tests.unit.engine.hf_reference import hf_model, to_mcore
 
 CFG = MODELS["qwen2"]
@@ -56,6 +64,40 @@ def test_step_equals_textbook_adamw(normalizer):
     after = dict(engine.export_weights())
     expected = to_mcore(hf, CFG)
     assert max(float((after[k] - expected[k]).abs().max()) for k in expected) < 1e-6
+
+
+def test_entropy_step_equals_textbook():
+    """``entropy=True``: the loss gets each response position's entropy at the temperature
+    (padded vocabulary rows excluded), and its gradient is the textbook one."""
+    temperature = 0.7
+    optim = dataclasses.replace(OPTIM, lr_schedule="constant", warmup_steps=0)
+    hf = hf_model(CFG, seed=5).train()
+    engine = _policy(optim, hf=hf)
+    batch = make_batch(rows=6, prompt=5, response=7, seed=4)
+    metrics = engine.train_step(sequence_entropy_loss, batch, micro_batch_size=3,
+                                normalizer="sequence", temperature=temperature, entropy=True)
+
+    width, mask = batch["response_mask"].shape[1], batch["attention_mask"]
+    logits = hf(input_ids=batch["input_ids"], attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, -width - 1:-1]
+    logp_all = torch.log_softmax(logits / temperature, -1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1) * mask[:, -width:]
+    logp = logp_all.gather(-1, batch["input_ids"][:, -width:, None]).squeeze(-1) * mask[:, -width:]
+    loss_sum, parts = sequence_entropy_loss(logp, batch, entropy)
+    assert metrics["entropy"] == pytest.approx(parts["entropy"].item() / 6, rel=1e-5)
+    assert 0 < metrics["entropy"] < torch.log(torch.tensor(float(CFG.vocab_size)))
+    assert metrics["loss"] == pytest.approx(loss_sum.item() / 6, rel=1e-5)
+    (loss_sum / 6).backward()
+    params = list(hf.parameters())
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.clip_grad)
+    assert metrics["grad_norm"] == pytest.approx(float(grad_norm), rel=1e-5)
+    groups = [{"params": [p for p in params if p.dim() > 1], "weight_decay": optim.weight_decay},
+              {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}]
+    torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.adam_beta1, optim.adam_beta2),
+                      eps=optim.adam_eps).step()
+    after, expected = dict(engine.export_weights()), to_mcore(hf, CFG)
+    assert max(float((after[k] - expected[k]).abs().max()) for k in expected) < 1e-6
+    assert ENTROPY_COEF > 0  # the bonus is in the loss (else this test proves nothing new)
 
 
 @pytest.mark.parametrize("normalizer", ["token", "sequence"])

@@ -21,14 +21,21 @@ def _world1():
     destroy_distributed()
 
 
-def _policy(mini: int) -> Policy:
+def _policy(mini: int, **regularisers) -> Policy:
     from prime_mcore.engine import build_engine
 
     engine = build_engine(MODELS["qwen2"], ParallelConfig(), OPTIM, role="policy", seed=0,
                           total_steps=8)
     return Policy(engine, temperature=1.0, mini_batch_size=mini, micro_batch_size=4,
                   clip_eps=0.2, dual_clip=None, agg="seq-mean-token-mean", ppo_epochs=1,
-                  shuffle=True)
+                  shuffle=True, **regularisers)
+
+
+def _reference():
+    from prime_mcore.engine import build_engine
+
+    # seed 0: the policy's initial weights (the frozen SFT model in a real run)
+    return build_engine(MODELS["qwen2"], ParallelConfig(), None, role="reference", seed=0)
 
 
 def _batch() -> dict[str, torch.Tensor]:
@@ -60,3 +67,32 @@ def test_separate_forward_whenever_the_update_is_not_a_single_step():
     # ref_type "policy" reads them in the PRM phase, before the update
     assert _policy(8).old_logprobs(batch, needed_now=True) is not None
     assert OutcomeOnly().needs_old_logprobs is False
+
+
+def test_entropy_bonus_and_kl_loss_enter_the_loss():
+    plain = _policy(8)
+    regular = _policy(8, entropy_coef=0.01, kl_coef=0.1, reference=_reference())
+    m_plain, m_reg = plain.update(_batch(), seed=3), regular.update(_batch(), seed=3)
+    # step 1: the policy is still the reference, so KL is 0 and only the bonus moves the loss
+    assert m_reg["policy/kl_loss"] == pytest.approx(0.0, abs=1e-7)
+    assert 0.5 < m_reg["policy/entropy"] < float(torch.log(torch.tensor(250.0)))
+    assert m_reg["policy/loss"] == pytest.approx(
+        m_plain["policy/loss"] - 0.01 * m_reg["policy/entropy"], abs=1e-6)
+    assert "policy/entropy" not in m_plain and "policy/kl_loss" not in m_plain
+    # step 2: the policy moved away from the reference
+    assert regular.update(_batch(), seed=4)["policy/kl_loss"] > 0
+
+
+def test_kl_reuses_the_prm_reference_logprobs():
+    policy = _policy(8, kl_coef=0.1, reuse_prm_reference=True)
+    batch = _batch()
+    batch["logp_old"] = policy.logprobs(batch)
+    batch["logp_ref"] = batch["logp_old"] - 0.1  # log(ref / pi) = -0.1 at every token
+    m = policy.update(batch, seed=3)
+    k3 = float(torch.exp(torch.tensor(-0.1)) + 0.1 - 1)
+    assert m["policy/kl_loss"] == pytest.approx(k3, rel=1e-4)
+
+
+def test_kl_without_a_reference_is_refused():
+    with pytest.raises(ValueError, match="kl_coef > 0 needs a reference engine"):
+        _policy(8, kl_coef=0.1)

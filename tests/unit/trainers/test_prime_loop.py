@@ -87,3 +87,16 @@ def test_prime_and_rloo_three_steps_then_exact_resume(tmp_path):
     assert wa.keys() == wb.keys()
     for name in wa:
         assert torch.equal(wa[name], wb[name]), name
+
+
+@pytest.mark.slow
+def test_rloo_with_kl_loss_and_entropy_bonus(tmp_path):
+    """algo.kl_coef builds a frozen reference for RLOO; both terms reach the metrics."""
+    from prime_mcore.rl import main
+
+    main(config(tmp_path, "run.name=kl", "algo=rloo", "run.max_steps=2", "algo.kl_coef=0.05",
+                "algo.entropy_coef=0.001"))
+    r = rows(tmp_path / "kl")
+    assert r[0]["policy/kl_loss"] == pytest.approx(0.0, abs=1e-7)  # policy == reference
+    assert r[1]["policy/kl_loss"] > 0
+    assert all(x["policy/entropy"] > 0 for x in r)
