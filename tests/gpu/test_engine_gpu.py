@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from prime_mcore.config import ModelConfig, OptimConfig, ParallelConfig
-from tests.unit.engine.cases import make_batch, token_loss
+from tests.unit.engine.cases import make_batch, sequence_entropy_loss, token_loss
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -104,6 +104,27 @@ def test_te_bf16_train_step_matches_local(weights, batch):
     te, local = metrics["transformer_engine"], metrics["local"]
     assert te["loss"] == pytest.approx(local["loss"], rel=2e-2)
     assert te["grad_norm"] == pytest.approx(local["grad_norm"], rel=5e-2)
+
+
+def test_bf16_entropy_step_matches_hf(weights, batch):
+    """The entropy bonus on the GPU (bf16 logits, fp32 entropy): the per-sequence mean entropy
+    the step reports equals HF's fp32 one to bf16 precision, and the step is finite."""
+    hf, named = weights
+    engine = _engine("local", OPTIM)
+    engine.load_state(named.items())
+    metrics = engine.train_step(sequence_entropy_loss, batch, micro_batch_size=4,
+                                normalizer="sequence", entropy=True)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    width = batch["response_mask"].shape[1]
+    with torch.no_grad():
+        logits = hf(input_ids=ids, attention_mask=mask,
+                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    logp = torch.log_softmax(logits[:, -width - 1:-1].float(), -1)
+    resp = batch["response_mask"].float()
+    per_token = -(logp.exp() * logp).sum(-1) * resp
+    expected = float((per_token.sum(1) / resp.sum(1).clamp(min=1)).mean())
+    assert metrics["entropy"] == pytest.approx(expected, rel=2e-2)
+    assert torch.isfinite(torch.tensor(metrics["grad_norm"])) and metrics["grad_norm"] > 0
 
 
 def test_local_bf16_training_lowers_the_loss(weights, batch):
