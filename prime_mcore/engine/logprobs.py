@@ -49,6 +49,20 @@ class ResponsePositions:
         return (hidden.gather(0, index), *args[1:])
 
 
+def _check_temperature(temperature: float) -> None:
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be > 0")
+
+
+def _vocab_padding(logits: Tensor, vocab_size: int) -> Tensor | None:
+    """[V_local] bool: this TP rank's columns at or beyond the true vocabulary (None: none)."""
+    local_vocab = logits.shape[-1]
+    start = mpu.get_tensor_model_parallel_rank() * local_vocab
+    if start + local_vocab <= vocab_size:
+        return None
+    return torch.arange(start, start + local_vocab, device=logits.device) >= vocab_size
+
+
 def token_logprobs(logits: Tensor, inputs: ModelInputs, *, temperature: float,
                    vocab_size: int) -> Tensor:
     """Log-probs [b, R] of the response tokens (0 where ``inputs.valid`` is False).
@@ -60,15 +74,12 @@ def token_logprobs(logits: Tensor, inputs: ModelInputs, *, temperature: float,
         temperature: logits are divided by it before the softmax.
         vocab_size: the true vocabulary; columns at or beyond it are padding.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature={temperature} must be > 0")
-    local_vocab = logits.shape[-1]
+    _check_temperature(temperature)
     selected = logits.float()
     if temperature != 1.0:
         selected = selected / temperature
-    start = mpu.get_tensor_model_parallel_rank() * local_vocab
-    if start + local_vocab > vocab_size:
-        padding = torch.arange(start, start + local_vocab, device=logits.device) >= vocab_size
+    padding = _vocab_padding(logits, vocab_size)
+    if padding is not None:
         selected = selected.masked_fill(padding, float("-inf"))
     # The function works in place on its input, as Megatron's own loss does on the logits.
     neg_logp = tensor_parallel.vocab_parallel_cross_entropy(selected, inputs.targets)
@@ -86,23 +97,16 @@ def token_entropy(logits: Tensor, inputs: ModelInputs, *, temperature: float,
     its columns' gradient). Builds new tensors only: ``token_logprobs`` may then overwrite
     ``logits`` in place.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature={temperature} must be > 0")
-    local_vocab = logits.shape[-1]
+    _check_temperature(temperature)
     z = logits.float() / temperature
-    start = mpu.get_tensor_model_parallel_rank() * local_vocab
-    padding = None
-    if start + local_vocab > vocab_size:
-        padding = torch.arange(start, start + local_vocab, device=logits.device) >= vocab_size
+    padding = _vocab_padding(logits, vocab_size)
     with torch.no_grad():
         top = z if padding is None else z.masked_fill(padding, float("-inf"))
         top = top.max(-1, keepdim=True).values
         if mpu.get_tensor_model_parallel_world_size() > 1:
             dist.all_reduce(top, op=dist.ReduceOp.MAX,
                             group=mpu.get_tensor_model_parallel_group())
-    z = z - top
-    if padding is not None:
-        z = z.masked_fill(padding, 0.0)
+    z = z - top  # finite everywhere; padded columns only need e = 0
     e = torch.exp(z)
     if padding is not None:
         e = e.masked_fill(padding, 0.0)
